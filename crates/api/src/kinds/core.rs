@@ -1,0 +1,343 @@
+//! Core v1 kinds: Namespace, ConfigMap, Secret, Event.
+
+use super::{
+    at, no_prepare, no_update_validation, no_validation, text_at, Column, KindInfo, AGE_COLUMN, NAME_COLUMN,
+};
+use crate::object::Object;
+use crate::status::FieldError;
+use base64::Engine;
+use serde_json::Value;
+
+/// Finalizer in a namespace's `spec.finalizers` that the namespace controller removes once empty.
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+
+pub(super) fn kinds() -> Vec<KindInfo> {
+    let core = KindInfo {
+        group: "",
+        version: "v1",
+        kind: "",
+        plural: "",
+        singular: "",
+        short_names: &[],
+        categories: &[],
+        namespaced: true,
+        status_subresource: false,
+        name_is_label: false,
+        field_selectors: &[],
+        columns: &[NAME_COLUMN, AGE_COLUMN],
+        validate: no_validation,
+        validate_update: no_update_validation,
+        prepare: no_prepare,
+    };
+    vec![
+        KindInfo {
+            kind: "Namespace",
+            plural: "namespaces",
+            singular: "namespace",
+            short_names: &["ns"],
+            namespaced: false,
+            status_subresource: true,
+            name_is_label: true,
+            field_selectors: &["status.phase"],
+            columns: &[
+                NAME_COLUMN,
+                Column {
+                    name: "Status",
+                    kind: "string",
+                    priority: 0,
+                    description: "The phase of the namespace.",
+                    cell: |o| text_at(o, &["status", "phase"]),
+                },
+                AGE_COLUMN,
+            ],
+            ..core
+        },
+        KindInfo {
+            kind: "ConfigMap",
+            plural: "configmaps",
+            singular: "configmap",
+            short_names: &["cm"],
+            columns: &[
+                NAME_COLUMN,
+                Column {
+                    name: "Data",
+                    kind: "integer",
+                    priority: 0,
+                    description: "Number of data entries.",
+                    cell: |o| Value::from(data_count(o)),
+                },
+                AGE_COLUMN,
+            ],
+            validate: validate_config_map,
+            validate_update: immutable_data,
+            ..core
+        },
+        KindInfo {
+            kind: "Secret",
+            plural: "secrets",
+            singular: "secret",
+            field_selectors: &["type"],
+            columns: &[
+                NAME_COLUMN,
+                Column {
+                    name: "Type",
+                    kind: "string",
+                    priority: 0,
+                    description: "The type of the secret.",
+                    cell: |o| Value::String(secret_type(o).to_string()),
+                },
+                Column {
+                    name: "Data",
+                    kind: "integer",
+                    priority: 0,
+                    description: "Number of data entries.",
+                    cell: |o| Value::from(data_count(o)),
+                },
+                AGE_COLUMN,
+            ],
+            validate: validate_secret,
+            validate_update: immutable_data,
+            prepare: fold_string_data,
+            ..core
+        },
+        KindInfo {
+            kind: "Event",
+            plural: "events",
+            singular: "event",
+            short_names: &["ev"],
+            field_selectors: &[
+                "involvedObject.kind",
+                "involvedObject.name",
+                "involvedObject.namespace",
+                "involvedObject.uid",
+                "reason",
+                "type",
+            ],
+            columns: &[
+                Column {
+                    name: "Last Seen",
+                    kind: "string",
+                    priority: 0,
+                    description: "Time since the event was last seen.",
+                    cell: |o| {
+                        let last = at(o, &["lastTimestamp"])
+                            .and_then(Value::as_str)
+                            .or(o.metadata.creation_timestamp.as_deref());
+                        Value::String(crate::meta::human_age(last))
+                    },
+                },
+                Column {
+                    name: "Type",
+                    kind: "string",
+                    priority: 0,
+                    description: "Normal or Warning.",
+                    cell: |o| text_at(o, &["type"]),
+                },
+                Column {
+                    name: "Reason",
+                    kind: "string",
+                    priority: 0,
+                    description: "Why the event happened.",
+                    cell: |o| text_at(o, &["reason"]),
+                },
+                Column {
+                    name: "Object",
+                    kind: "string",
+                    priority: 0,
+                    description: "The object the event is about.",
+                    cell: |o| {
+                        let kind = text_at(o, &["involvedObject", "kind"]);
+                        let name = text_at(o, &["involvedObject", "name"]);
+                        Value::String(format!(
+                            "{}/{}",
+                            kind.as_str().unwrap_or("").to_ascii_lowercase(),
+                            name.as_str().unwrap_or("")
+                        ))
+                    },
+                },
+                Column {
+                    name: "Message",
+                    kind: "string",
+                    priority: 0,
+                    description: "What happened.",
+                    cell: |o| text_at(o, &["message"]),
+                },
+            ],
+            validate: validate_event,
+            ..core
+        },
+    ]
+}
+
+fn data_count(o: &Object) -> usize {
+    ["data", "binaryData", "stringData"]
+        .iter()
+        .filter_map(|k| o.body.get(*k).and_then(Value::as_object))
+        .map(|m| m.len())
+        .sum()
+}
+
+fn secret_type(o: &Object) -> &str {
+    o.body
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("Opaque")
+}
+
+fn validate_data_keys(o: &Object, fields: &[&str], errors: &mut Vec<FieldError>) {
+    let mut total = 0;
+    for field in fields {
+        match o.body.get(*field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for (key, value) in map {
+                    let ok = !key.is_empty()
+                        && key.len() <= 253
+                        && key
+                            .bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+                    if !ok {
+                        errors.push(FieldError::invalid(
+                            format!("{field}[{key}]"),
+                            key,
+                            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                        ));
+                    }
+                    match value {
+                        Value::String(s) => total += s.len(),
+                        other => errors.push(FieldError::invalid(
+                            format!("{field}[{key}]"),
+                            other.to_string(),
+                            "must be a string",
+                        )),
+                    }
+                }
+            }
+            Some(other) => errors.push(FieldError::invalid(
+                *field,
+                other.to_string(),
+                "must be a map of strings",
+            )),
+        }
+    }
+    if total > 1024 * 1024 {
+        errors.push(FieldError::invalid(
+            fields[0],
+            "",
+            "data may not be larger than 1 MiB in total",
+        ));
+    }
+}
+
+fn validate_config_map(o: &Object) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    validate_data_keys(o, &["data", "binaryData"], &mut errors);
+    errors
+}
+
+fn validate_secret(o: &Object) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    validate_data_keys(o, &["data", "stringData"], &mut errors);
+    if let Some(Value::Object(map)) = o.body.get("data") {
+        for (key, value) in map {
+            if let Some(s) = value.as_str() {
+                if base64::engine::general_purpose::STANDARD.decode(s).is_err() {
+                    errors.push(FieldError::invalid(
+                        format!("data[{key}]"),
+                        "<redacted>",
+                        "must be base64-encoded",
+                    ));
+                }
+            }
+        }
+    }
+    errors
+}
+
+fn immutable_data(old: &Object, new: &Object) -> Vec<FieldError> {
+    let immutable = old.body.get("immutable") == Some(&Value::Bool(true));
+    let mut errors = Vec::new();
+    if immutable {
+        for field in ["data", "binaryData", "stringData", "immutable"] {
+            if old.body.get(field) != new.body.get(field) {
+                errors.push(FieldError::forbidden(
+                    field,
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+        }
+    }
+    if old.kind == "Secret" && secret_type(old) != secret_type(new) {
+        errors.push(FieldError::invalid(
+            "type",
+            secret_type(new),
+            "field is immutable",
+        ));
+    }
+    errors
+}
+
+fn validate_event(o: &Object) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if at(o, &["involvedObject"]).is_none() {
+        errors.push(FieldError::required("involvedObject", ""));
+    }
+    if let Some(t) = at(o, &["type"]).and_then(Value::as_str) {
+        if t != "Normal" && t != "Warning" {
+            errors.push(FieldError::not_supported("type", t, &["Normal", "Warning"]));
+        }
+    }
+    errors
+}
+
+/// Decodes a Secret's `data` (base64) and `stringData` into key -> bytes.
+pub fn secret_data(o: &Object) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(Value::Object(map)) = o.body.get("data") {
+        for (k, v) in map {
+            if let Some(bytes) = v
+                .as_str()
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            {
+                out.insert(k.clone(), bytes);
+            }
+        }
+    }
+    if let Some(Value::Object(map)) = o.body.get("stringData") {
+        for (k, v) in map {
+            if let Some(s) = v.as_str() {
+                out.insert(k.clone(), s.as_bytes().to_vec());
+            }
+        }
+    }
+    out
+}
+
+/// Kubernetes' `stringData` is write-only: it is folded into base64 `data` on every write.
+fn fold_string_data(o: &mut Object) {
+    let all_strings = match o.body.get("stringData") {
+        Some(Value::Object(m)) => m.values().all(Value::is_string),
+        _ => false,
+    };
+    if !all_strings {
+        return; // validation names the bad entries
+    }
+    let Some(Value::Object(strings)) = o.body.remove("stringData") else {
+        return;
+    };
+    let data = o
+        .body
+        .entry("data")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !data.is_object() {
+        *data = Value::Object(Default::default());
+    }
+    if let Some(map) = data.as_object_mut() {
+        for (k, v) in strings {
+            if let Some(s) = v.as_str() {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(s);
+                map.insert(k, Value::String(encoded));
+            }
+        }
+    }
+}
