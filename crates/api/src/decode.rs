@@ -25,7 +25,10 @@ pub enum DecodeError {
     #[error("object nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
     #[error("document {document} is not an object (found {found})")]
-    NotAnObject { document: usize, found: &'static str },
+    NotAnObject {
+        document: usize,
+        found: &'static str,
+    },
 }
 
 /// Decodes one or more objects. JSON when the first character is `{` or `[`, YAML otherwise
@@ -132,7 +135,9 @@ mod tests {
 
     #[test]
     fn alias_bombs_are_refused() {
-        let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let mut bomb = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
         let names = ["b", "c", "d", "e", "f", "g", "h", "i"];
         let mut prev = "a";
         for n in names {

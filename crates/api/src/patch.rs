@@ -279,10 +279,22 @@ mod tests {
 
     #[test]
     fn apply_removes_fields_the_manager_dropped() {
-        let first = server_side_apply(None, &cm(json!({"a": "1", "b": "2"})), "me", false, Scope::Main)
-            .unwrap();
-        let second =
-            server_side_apply(Some(&first), &cm(json!({"a": "1"})), "me", false, Scope::Main).unwrap();
+        let first = server_side_apply(
+            None,
+            &cm(json!({"a": "1", "b": "2"})),
+            "me",
+            false,
+            Scope::Main,
+        )
+        .unwrap();
+        let second = server_side_apply(
+            Some(&first),
+            &cm(json!({"a": "1"})),
+            "me",
+            false,
+            Scope::Main,
+        )
+        .unwrap();
         assert_eq!(second["data"], json!({"a": "1"}));
     }
 
@@ -290,15 +302,37 @@ mod tests {
     fn apply_conflicts_with_other_managers_unless_forced() {
         let first =
             server_side_apply(None, &cm(json!({"a": "1"})), "alice", false, Scope::Main).unwrap();
-        let err = server_side_apply(Some(&first), &cm(json!({"a": "2"})), "bob", false, Scope::Main)
-            .unwrap_err();
-        assert!(err.to_string().contains(r#"conflict with "alice": .data.a"#), "{err}");
+        let err = server_side_apply(
+            Some(&first),
+            &cm(json!({"a": "2"})),
+            "bob",
+            false,
+            Scope::Main,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(r#"conflict with "alice": .data.a"#),
+            "{err}"
+        );
         // Same value is shared ownership, not a conflict.
-        let shared =
-            server_side_apply(Some(&first), &cm(json!({"a": "1"})), "bob", false, Scope::Main).unwrap();
+        let shared = server_side_apply(
+            Some(&first),
+            &cm(json!({"a": "1"})),
+            "bob",
+            false,
+            Scope::Main,
+        )
+        .unwrap();
         assert_eq!(shared["data"]["a"], "1");
-        let forced =
-            server_side_apply(Some(&first), &cm(json!({"a": "2"})), "bob", true, Scope::Main).unwrap();
+        let forced = server_side_apply(
+            Some(&first),
+            &cm(json!({"a": "2"})),
+            "bob",
+            true,
+            Scope::Main,
+        )
+        .unwrap();
         assert_eq!(forced["data"]["a"], "2");
         let owners: Vec<&str> = forced["metadata"]["managedFields"]
             .as_array()
@@ -316,8 +350,14 @@ mod tests {
         let mut edited = first.clone();
         edited["data"]["a"] = json!("edited");
         track_update(Some(&first), &mut edited, "kubectl-edit", Scope::Main);
-        let err = server_side_apply(Some(&edited), &cm(json!({"a": "1"})), "alice", false, Scope::Main)
-            .unwrap_err();
+        let err = server_side_apply(
+            Some(&edited),
+            &cm(json!({"a": "1"})),
+            "alice",
+            false,
+            Scope::Main,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("kubectl-edit"));
     }
 
@@ -326,7 +366,11 @@ mod tests {
         let mut v = json!({"a": {"b": 1, "c": 2}});
         merge_patch(&mut v, &json!({"a": {"b": null, "d": 3}})).unwrap();
         assert_eq!(v, json!({"a": {"c": 2, "d": 3}}));
-        json_patch(&mut v, &json!([{"op": "replace", "path": "/a/c", "value": 9}])).unwrap();
+        json_patch(
+            &mut v,
+            &json!([{"op": "replace", "path": "/a/c", "value": 9}]),
+        )
+        .unwrap();
         assert_eq!(v["a"]["c"], 9);
         assert!(json_patch(&mut v, &json!([{"op": "remove", "path": "/nope"}])).is_err());
         assert!(merge_patch(&mut v, &json!([1])).is_err());

@@ -30,7 +30,9 @@ pub enum QuantityError {
     TooLong,
     #[error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")]
     Syntax,
-    #[error("unknown suffix {0:?}: use one of Ki Mi Gi Ti Pi Ei, n u m k M G T P E, or an exponent")]
+    #[error(
+        "unknown suffix {0:?}: use one of Ki Mi Gi Ti Pi Ei, n u m k M G T P E, or an exponent"
+    )]
     Suffix(String),
     #[error("quantity has more than {MAX_DIGITS} significant digits")]
     TooPrecise,
@@ -327,7 +329,9 @@ mod tests {
 
     #[test]
     fn bad_quantities_are_refused() {
-        for bad in ["", "12QB", "1..2", ".", "Mi", "1 Mi", "1e", "1e1000", "1Mi5", "--1", "1.2.3"] {
+        for bad in [
+            "", "12QB", "1..2", ".", "Mi", "1 Mi", "1e", "1e1000", "1Mi5", "--1", "1.2.3",
+        ] {
             assert!(Quantity::parse(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(

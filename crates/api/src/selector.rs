@@ -249,7 +249,14 @@ mod tests {
         for s in yes {
             assert!(LabelSelector::parse(s).unwrap().matches(&l), "{s}");
         }
-        let no = ["app=db", "app!=web", "app in (db)", "tier notin (front)", "missing", "!app"];
+        let no = [
+            "app=db",
+            "app!=web",
+            "app in (db)",
+            "tier notin (front)",
+            "missing",
+            "!app",
+        ];
         for s in no {
             assert!(!LabelSelector::parse(s).unwrap().matches(&l), "{s}");
         }
@@ -257,7 +264,14 @@ mod tests {
 
     #[test]
     fn bad_selectors_are_refused() {
-        for s in ["app in (a", "app in a)", "app is (a)", "=x", "a=b c", "Bad Key=1"] {
+        for s in [
+            "app in (a",
+            "app in a)",
+            "app is (a)",
+            "=x",
+            "a=b c",
+            "Bad Key=1",
+        ] {
             assert!(LabelSelector::parse(s).is_err(), "{s}");
         }
     }

@@ -240,7 +240,11 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub fn invalid(path: impl Into<String>, value: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub fn invalid(
+        path: impl Into<String>,
+        value: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             path: path.into(),
             kind: FieldErrorKind::Invalid(value.into()),
@@ -328,7 +332,11 @@ mod tests {
     #[test]
     fn invalid_status_names_each_field() {
         let errors = vec![
-            FieldError::invalid("spec.template.spec.domain.memory.guest", "12QB", "bad suffix"),
+            FieldError::invalid(
+                "spec.template.spec.domain.memory.guest",
+                "12QB",
+                "bad suffix",
+            ),
             FieldError::required("metadata.name", "name or generateName is required"),
         ];
         let status = Status::invalid("VirtualMachine", "kubevirt.io", "vm1", &errors);

@@ -6,7 +6,12 @@ use crate::object::Object;
 use serde_json::{json, Value};
 
 /// Builds a Table of `objects` with the kind's printer columns.
-pub fn table(kind: &KindInfo, objects: &[Object], resource_version: &str, continue_token: &str) -> Value {
+pub fn table(
+    kind: &KindInfo,
+    objects: &[Object],
+    resource_version: &str,
+    continue_token: &str,
+) -> Value {
     let columns: Vec<Value> = kind
         .columns
         .iter()

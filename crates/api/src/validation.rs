@@ -196,10 +196,18 @@ pub fn quantity(path: &str, value: &str) -> Result<Quantity, FieldError> {
 }
 
 /// A quantity that must be present and above zero.
-pub fn positive_quantity(path: &str, value: &str, errors: &mut Vec<FieldError>) -> Option<Quantity> {
+pub fn positive_quantity(
+    path: &str,
+    value: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<Quantity> {
     match quantity(path, value) {
         Ok(q) if q.is_negative() || q.is_zero() => {
-            errors.push(FieldError::invalid(path, value, "must be greater than zero"));
+            errors.push(FieldError::invalid(
+                path,
+                value,
+                "must be greater than zero",
+            ));
             None
         }
         Ok(q) => Some(q),

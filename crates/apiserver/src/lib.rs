@@ -1,1 +1,18 @@
-//! placeholder
+//! vmo's API server: Kubernetes-style REST over HTTPS on top of a `Store`.
+//!
+//! `service` holds the resource semantics, `watch` the event streams, `server` the HTTP front,
+//! `discovery` and `openapi` what kubectl reads to learn the kinds, `pki` and `auth` who may talk.
+
+pub mod auth;
+pub mod discovery;
+pub mod openapi;
+pub mod pki;
+pub mod routes;
+pub mod server;
+pub mod service;
+pub mod watch;
+
+pub use auth::Authenticator;
+pub use pki::Pki;
+pub use server::{ApiServer, ServerSettings};
+pub use service::ResourceService;

@@ -1,1 +1,572 @@
-//! placeholder
+//! The HTTPS client for vmo's API, used by the CLI, the controllers, the agent and the tests.
+//!
+//! It reads a kubeconfig, trusts the CA in it, sends the bearer token, keeps a small pool of
+//! keep-alive HTTP/1.1 connections, and turns error responses back into the server's `Status`.
+
+pub mod kubeconfig;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use vmo_api::{KindInfo, Object, ObjectList, Status, WatchEvent};
+
+pub use kubeconfig::Credentials;
+
+/// Idle connections kept for reuse.
+const POOL_SIZE: usize = 32;
+
+/// Client failures. `Api` carries the server's own `Status`.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Kubeconfig(#[from] kubeconfig::KubeconfigError),
+    #[error("invalid server URL {url:?}: {why}")]
+    Url { url: String, why: String },
+    #[error("invalid CA certificate")]
+    Ca(#[source] std::io::Error),
+    #[error("cannot reach the vmo server at {server}")]
+    Connect {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS with the vmo server at {server} failed")]
+    Tls {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP exchange with the server failed")]
+    Http(#[source] hyper::Error),
+    #[error("{0}")]
+    Api(Status),
+    #[error("the server sent an unreadable response: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The HTTP code of an API error, if this is one.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(s) => Some(s.code),
+            _ => None,
+        }
+    }
+    /// True for a 404.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(404)
+    }
+    /// True for a 409.
+    pub fn is_conflict(&self) -> bool {
+        self.code() == Some(409)
+    }
+}
+
+/// A connection to the vmo API server.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    authority: String,
+    server_name: rustls::pki_types::ServerName<'static>,
+    server: String,
+    tls: TlsConnector,
+    token: String,
+    namespace: Option<String>,
+    pool: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.inner.server)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client from a kubeconfig file's current context.
+    pub fn from_kubeconfig(path: &Path) -> Result<Self, ClientError> {
+        Self::new(kubeconfig::load(path)?)
+    }
+
+    /// A client from credentials.
+    pub fn new(creds: Credentials) -> Result<Self, ClientError> {
+        let url = creds.server.trim_end_matches('/');
+        let bad = |why: &str| ClientError::Url {
+            url: creds.server.clone(),
+            why: why.to_string(),
+        };
+        let authority = url
+            .strip_prefix("https://")
+            .ok_or_else(|| bad("vmo serves HTTPS only; the URL must start with https://"))?;
+        if authority.contains('/') {
+            return Err(bad("paths after host:port are not supported"));
+        }
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:443")
+        };
+        let host = authority
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(&authority)
+            .to_string();
+        let server_name =
+            rustls::pki_types::ServerName::try_from(host).map_err(|e| bad(&e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(pem) = &creds.ca_pem {
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots
+                    .add(cert.map_err(ClientError::Ca)?)
+                    .map_err(|e| ClientError::Ca(std::io::Error::other(e)))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Ca(std::io::Error::other(e)))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            inner: Arc::new(Inner {
+                authority,
+                server_name,
+                server: url.to_string(),
+                tls: TlsConnector::from(Arc::new(config)),
+                token: creds.token,
+                namespace: creds.namespace,
+                pool: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The server URL.
+    pub fn server(&self) -> &str {
+        &self.inner.server
+    }
+
+    /// The kubeconfig context's default namespace.
+    pub fn default_namespace(&self) -> Option<&str> {
+        self.inner.namespace.as_deref()
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let tcp = TcpStream::connect(&self.inner.authority)
+            .await
+            .map_err(|source| ClientError::Connect {
+                server: self.inner.server.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let tls = self
+            .inner
+            .tls
+            .connect(self.inner.server_name.clone(), tcp)
+            .await
+            .map_err(|source| ClientError::Tls {
+                server: self.inner.server.clone(),
+                source,
+            })?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(ClientError::Http)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        loop {
+            let pooled = self.inner.pool.lock().ok().and_then(|mut p| p.pop());
+            match pooled {
+                Some(mut s) => {
+                    if s.ready().await.is_ok() {
+                        return Ok(s);
+                    }
+                }
+                None => return self.connect().await,
+            }
+        }
+    }
+
+    fn give_back(&self, sender: SendRequest<Full<Bytes>>) {
+        if let Ok(mut pool) = self.inner.pool.lock() {
+            if pool.len() < POOL_SIZE {
+                pool.push(sender);
+            }
+        }
+    }
+
+    /// Sends a request and returns the raw response (for streams).
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(&str, Vec<u8>)>,
+        accept: &str,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(header::HOST, &self.inner.authority)
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.inner.token),
+            )
+            .header(header::ACCEPT, accept)
+            .header(
+                header::USER_AGENT,
+                concat!("vmo/", env!("CARGO_PKG_VERSION")),
+            );
+        let bytes = match body {
+            Some((content_type, bytes)) => {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+                Bytes::from(bytes)
+            }
+            None => Bytes::new(),
+        };
+        let request = builder
+            .body(Full::new(bytes))
+            .map_err(|e| ClientError::Url {
+                url: path_and_query.to_string(),
+                why: e.to_string(),
+            })?;
+        // A pooled connection the server closed fails at once; retry such a request on a fresh one.
+        let mut sender = self.sender().await?;
+        let response = match sender.send_request(request.clone()).await {
+            Ok(r) => r,
+            Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => {
+                sender = self.connect().await?;
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(ClientError::Http)?
+            }
+            Err(e) => return Err(ClientError::Http(e)),
+        };
+        let streaming = path_and_query.contains("watch=true");
+        if !streaming {
+            self.give_back(sender);
+        }
+        Ok(response)
+    }
+
+    /// Sends a request and decodes the JSON answer; an error status becomes `ClientError::Api`.
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(&str, Vec<u8>)>,
+        accept: &str,
+    ) -> Result<Value, ClientError> {
+        let response = self.send(method, path_and_query, body, accept).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::Http)?
+            .to_bytes();
+        decode_answer(status, &bytes)
+    }
+
+    /// GET a path as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
+        self.call(Method::GET, path, None, "application/json").await
+    }
+
+    /// Reads one object.
+    pub async fn get(
+        &self,
+        kind: &KindInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Object, ClientError> {
+        into_object(
+            self.get_json(&path(kind, Some(namespace), Some(name), None))
+                .await?,
+        )
+    }
+
+    /// Lists objects; `query` is appended as is (`labelSelector=...&limit=...`).
+    pub async fn list(
+        &self,
+        kind: &KindInfo,
+        namespace: Option<&str>,
+        query: &str,
+    ) -> Result<ObjectList, ClientError> {
+        let mut p = path(kind, namespace, None, None);
+        if !query.is_empty() {
+            p = format!("{p}?{query}");
+        }
+        serde_json::from_value(self.get_json(&p).await?)
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Creates an object.
+    pub async fn create(
+        &self,
+        kind: &KindInfo,
+        namespace: &str,
+        obj: &Value,
+    ) -> Result<Object, ClientError> {
+        let body = serde_json::to_vec(obj).unwrap_or_default();
+        into_object(
+            self.call(
+                Method::POST,
+                &path(kind, Some(namespace), None, None),
+                Some(("application/json", body)),
+                "application/json",
+            )
+            .await?,
+        )
+    }
+
+    /// Replaces an object, or its status with `subresource` = `Some("status")`.
+    pub async fn update(
+        &self,
+        kind: &KindInfo,
+        obj: &Object,
+        subresource: Option<&str>,
+    ) -> Result<Object, ClientError> {
+        let body = serde_json::to_vec(obj).unwrap_or_default();
+        let p = path(
+            kind,
+            Some(&obj.metadata.namespace),
+            Some(&obj.metadata.name),
+            subresource,
+        );
+        into_object(
+            self.call(
+                Method::PUT,
+                &p,
+                Some(("application/json", body)),
+                "application/json",
+            )
+            .await?,
+        )
+    }
+
+    /// Patches an object; `content_type` picks the patch kind.
+    pub async fn patch(
+        &self,
+        kind: &KindInfo,
+        namespace: &str,
+        name: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        query: &str,
+    ) -> Result<Object, ClientError> {
+        let mut p = path(kind, Some(namespace), Some(name), None);
+        if !query.is_empty() {
+            p = format!("{p}?{query}");
+        }
+        into_object(
+            self.call(
+                Method::PATCH,
+                &p,
+                Some((content_type, body)),
+                "application/json",
+            )
+            .await?,
+        )
+    }
+
+    /// Server-side apply of a whole manifest as `manager`.
+    pub async fn apply(
+        &self,
+        kind: &KindInfo,
+        obj: &Value,
+        manager: &str,
+        force: bool,
+    ) -> Result<Object, ClientError> {
+        let namespace = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let query = format!("fieldManager={}&force={force}", encode_query(manager));
+        self.patch(
+            kind,
+            namespace,
+            name,
+            "application/apply-patch+yaml",
+            serde_json::to_vec(obj).unwrap_or_default(),
+            &query,
+        )
+        .await
+    }
+
+    /// Deletes an object with a propagation policy (`Background`, `Foreground`, `Orphan`).
+    pub async fn delete(
+        &self,
+        kind: &KindInfo,
+        namespace: &str,
+        name: &str,
+        propagation: &str,
+    ) -> Result<Object, ClientError> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation
+        }))
+        .unwrap_or_default();
+        into_object(
+            self.call(
+                Method::DELETE,
+                &path(kind, Some(namespace), Some(name), None),
+                Some(("application/json", body)),
+                "application/json",
+            )
+            .await?,
+        )
+    }
+
+    /// Starts a watch; `query` holds selectors and `resourceVersion`.
+    pub async fn watch(
+        &self,
+        kind: &KindInfo,
+        namespace: Option<&str>,
+        query: &str,
+    ) -> Result<WatchStream, ClientError> {
+        let mut p = format!("{}?watch=true", path(kind, namespace, None, None));
+        if !query.is_empty() {
+            p = format!("{p}&{query}");
+        }
+        let response = self.send(Method::GET, &p, None, "application/json").await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(ClientError::Http)?
+                .to_bytes();
+            return Err(decode_answer(status, &bytes)
+                .err()
+                .unwrap_or(ClientError::Decode("watch refused".into())));
+        }
+        Ok(WatchStream {
+            body: response.into_body(),
+            buffer: Vec::new(),
+        })
+    }
+}
+
+fn decode_answer(status: StatusCode, bytes: &[u8]) -> Result<Value, ClientError> {
+    if status.is_success() {
+        return serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()));
+    }
+    match serde_json::from_slice::<Status>(bytes) {
+        Ok(s) if s.kind == "Status" => Err(ClientError::Api(s)),
+        _ => Err(ClientError::Api(Status::failure(
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error"),
+            String::from_utf8_lossy(bytes).trim().to_string(),
+        ))),
+    }
+}
+
+fn into_object(v: Value) -> Result<Object, ClientError> {
+    Object::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// Percent-encodes a query value.
+pub fn encode_query(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The URL path of a kind's collection or object.
+pub fn path(
+    kind: &KindInfo,
+    namespace: Option<&str>,
+    name: Option<&str>,
+    subresource: Option<&str>,
+) -> String {
+    let mut p = if kind.group.is_empty() {
+        format!("/api/{}", kind.version)
+    } else {
+        format!("/apis/{}/{}", kind.group, kind.version)
+    };
+    if kind.namespaced {
+        if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
+            p.push_str(&format!("/namespaces/{ns}"));
+        }
+    }
+    p.push('/');
+    p.push_str(kind.plural);
+    if let Some(name) = name {
+        p.push('/');
+        p.push_str(name);
+        if let Some(sub) = subresource {
+            p.push('/');
+            p.push_str(sub);
+        }
+    }
+    p
+}
+
+/// A stream of watch events.
+#[derive(Debug)]
+pub struct WatchStream {
+    body: Incoming,
+    buffer: Vec<u8>,
+}
+
+impl WatchStream {
+    /// Reads watch events from a response already received (for custom `Accept` headers).
+    pub fn from_response(response: http::Response<Incoming>) -> Self {
+        Self {
+            body: response.into_body(),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next event; `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<Result<WatchEvent, ClientError>> {
+        loop {
+            if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=pos).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Some(
+                    serde_json::from_slice(&line).map_err(|e| ClientError::Decode(e.to_string())),
+                );
+            }
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+                Err(e) => return Some(Err(ClientError::Http(e))),
+            }
+        }
+    }
+}

@@ -138,6 +138,9 @@ mod tests {
             },
         ];
         assert_eq!(decode_events(7, &encode_events(&events)).unwrap(), events);
-        assert_eq!(decode_value("/k", &encode_value(1, 2, b"v")).unwrap(), kv("/k", b"v", 1, 2));
+        assert_eq!(
+            decode_value("/k", &encode_value(1, 2, b"v")).unwrap(),
+            kv("/k", b"v", 1, 2)
+        );
     }
 }

@@ -30,13 +30,18 @@ async fn next_event(w: &mut Box<dyn Watch>) -> crate::Event {
 
 /// Runs every check, each on a fresh directory.
 pub async fn run_all(open: Opener) {
-    let checks: [(&str, fn(Arc<dyn Store>) -> futures_util::future::BoxFuture<'static, ()>); 7] = [
+    let checks: [(
+        &str,
+        fn(Arc<dyn Store>) -> futures_util::future::BoxFuture<'static, ()>,
+    ); 7] = [
         ("crud_and_revisions", |s| Box::pin(crud_and_revisions(s))),
         ("conflicts", |s| Box::pin(conflicts(s))),
         ("atomic_transactions", |s| Box::pin(atomic_transactions(s))),
         ("list_pagination", |s| Box::pin(list_pagination(s))),
         ("watch_from_revision", |s| Box::pin(watch_from_revision(s))),
-        ("watch_under_concurrent_writes", |s| Box::pin(watch_under_concurrent_writes(s))),
+        ("watch_under_concurrent_writes", |s| {
+            Box::pin(watch_under_concurrent_writes(s))
+        }),
         ("compaction", |s| Box::pin(compaction(s))),
     ];
     for (name, check) in checks {
@@ -121,7 +126,12 @@ async fn conflicts(s: Arc<dyn Store>) {
         }])
         .await
         .unwrap_err();
-    assert_eq!(missing, StoreError::NotFound { key: "/c/none".into() });
+    assert_eq!(
+        missing,
+        StoreError::NotFound {
+            key: "/c/none".into()
+        }
+    );
     // Many writers racing on one key: exactly one wins each round.
     let current = s.get("/c/a").await.unwrap().unwrap().mod_revision;
     let mut tasks = Vec::new();
@@ -152,15 +162,25 @@ async fn atomic_transactions(s: Arc<dyn Store>) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::AlreadyExists { .. }));
-    assert!(s.get("/t/new").await.unwrap().is_none(), "nothing of a failed transaction is applied");
-    assert_eq!(s.revision().await.unwrap(), before, "a failed transaction takes no revision");
+    assert!(
+        s.get("/t/new").await.unwrap().is_none(),
+        "nothing of a failed transaction is applied"
+    );
+    assert_eq!(
+        s.revision().await.unwrap(),
+        before,
+        "a failed transaction takes no revision"
+    );
     let both = s
         .commit(vec![put("/t/x", "1"), put("/t/y", "2")])
         .await
         .unwrap();
     let x = s.get("/t/x").await.unwrap().unwrap();
     let y = s.get("/t/y").await.unwrap().unwrap();
-    assert_eq!((x.mod_revision, y.mod_revision), (both.revision, both.revision));
+    assert_eq!(
+        (x.mod_revision, y.mod_revision),
+        (both.revision, both.revision)
+    );
     let dup = s
         .commit(vec![put("/t/z", "1"), put("/t/z", "2")])
         .await
@@ -170,10 +190,14 @@ async fn atomic_transactions(s: Arc<dyn Store>) {
 
 async fn list_pagination(s: Arc<dyn Store>) {
     for i in (0..25).rev() {
-        s.commit(vec![put(&format!("/l/a/{i:02}"), "v")]).await.unwrap();
+        s.commit(vec![put(&format!("/l/a/{i:02}"), "v")])
+            .await
+            .unwrap();
     }
     s.commit(vec![put("/l/b/other", "v")]).await.unwrap();
-    s.commit(vec![put("/l/a", "prefix itself is not a child")]).await.unwrap();
+    s.commit(vec![put("/l/a", "prefix itself is not a child")])
+        .await
+        .unwrap();
     let all = s.list("/l/a/", None, None).await.unwrap();
     assert_eq!(all.items.len(), 25);
     assert!(!all.more);
@@ -209,9 +233,15 @@ async fn watch_from_revision(s: Arc<dyn Store>) {
         .unwrap()
         .revision;
     let e1 = next_event(&mut w).await;
-    assert_eq!((e1.kind, e1.kv.key.as_str(), e1.revision()), (EventKind::Put, "/w/b", b));
+    assert_eq!(
+        (e1.kind, e1.kv.key.as_str(), e1.revision()),
+        (EventKind::Put, "/w/b", b)
+    );
     let e2 = next_event(&mut w).await;
-    assert_eq!((e2.kind, e2.kv.key.as_str(), e2.revision()), (EventKind::Delete, "/w/a", d));
+    assert_eq!(
+        (e2.kind, e2.kv.key.as_str(), e2.revision()),
+        (EventKind::Delete, "/w/a", d)
+    );
     assert_eq!(&*e2.kv.value, b"1", "a delete carries the last value");
     // Starting from an older revision replays history in order.
     let mut replay = s.watch("/w/", 0).await.unwrap();
@@ -226,7 +256,9 @@ async fn watch_from_revision(s: Arc<dyn Store>) {
     assert_eq!(revisions, vec![start, b, d]);
     // A transaction's events are all delivered.
     let mut w2 = s.watch("/w/", d).await.unwrap();
-    s.commit(vec![put("/w/m1", "1"), put("/w/m2", "2")]).await.unwrap();
+    s.commit(vec![put("/w/m1", "1"), put("/w/m2", "2")])
+        .await
+        .unwrap();
     let m1 = next_event(&mut w2).await;
     let m2 = next_event(&mut w2).await;
     assert_eq!(m1.revision(), m2.revision());
@@ -243,7 +275,9 @@ async fn watch_under_concurrent_writes(s: Arc<dyn Store>) {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..per_writer {
-                s.commit(vec![put(&format!("/cw/{wr}/{i}"), "v")]).await.unwrap();
+                s.commit(vec![put(&format!("/cw/{wr}/{i}"), "v")])
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -253,7 +287,10 @@ async fn watch_under_concurrent_writes(s: Arc<dyn Store>) {
     let mut last = from;
     for _ in 0..writers * per_writer {
         let e = next_event(&mut w).await;
-        assert!(e.revision() > last, "events arrive in revision order without repeats");
+        assert!(
+            e.revision() > last,
+            "events arrive in revision order without repeats"
+        );
         last = e.revision();
     }
     assert_eq!(last, s.revision().await.unwrap(), "no event is missed");
@@ -266,13 +303,20 @@ async fn compaction(s: Arc<dyn Store>) {
     s.compact(5).await.unwrap();
     assert_eq!(s.compacted_revision().await.unwrap(), 5);
     match s.watch("/k/", 3).await {
-        Err(StoreError::Compacted { requested: 3, compacted: 5 }) => {}
+        Err(StoreError::Compacted {
+            requested: 3,
+            compacted: 5,
+        }) => {}
         Err(other) => panic!("expected Compacted, got {other:?}"),
         Ok(_) => panic!("expected Compacted, got a watch"),
     }
     let mut w = s.watch("/k/", 5).await.unwrap();
     assert_eq!(next_event(&mut w).await.revision(), 6);
-    assert_eq!(s.list("/k/", None, None).await.unwrap().items.len(), 10, "compaction keeps data");
+    assert_eq!(
+        s.list("/k/", None, None).await.unwrap().items.len(),
+        10,
+        "compaction keeps data"
+    );
     assert!(s.compact(1000).await.is_err(), "cannot compact the future");
 }
 
@@ -289,7 +333,11 @@ async fn restart_keeps_everything(open: Opener, dir: &Path) {
     assert_eq!(s.revision().await.unwrap(), rev);
     assert_eq!(&*s.get("/p/b").await.unwrap().unwrap().value, b"2");
     let mut w = s.watch("/p/", 0).await.unwrap();
-    assert_eq!(next_event(&mut w).await.kv.key, "/p/a", "history survives a restart");
+    assert_eq!(
+        next_event(&mut w).await.kv.key,
+        "/p/a",
+        "history survives a restart"
+    );
     let next = s.commit(vec![put("/p/c", "3")]).await.unwrap().revision;
     assert_eq!(next, rev + 1, "revisions continue after a restart");
 }

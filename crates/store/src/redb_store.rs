@@ -127,11 +127,19 @@ impl RedbStore {
     fn read_meta(&self, key: &str) -> Result<Revision, StoreError> {
         let r = self.inner.db.begin_read().map_err(backend)?;
         let meta = r.open_table(META).map_err(backend)?;
-        Ok(meta.get(key).map_err(backend)?.map(|v| v.value()).unwrap_or(0))
+        Ok(meta
+            .get(key)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 }
 
-fn writer_loop(db: &Database, rx: mpsc::Receiver<Request>, events: &broadcast::Sender<Arc<Vec<Event>>>) {
+fn writer_loop(
+    db: &Database,
+    rx: mpsc::Receiver<Request>,
+    events: &broadcast::Sender<Arc<Vec<Event>>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -200,9 +208,13 @@ fn commit_batch(
                     for (op, prev) in ops.iter().zip(&previous) {
                         let event = match op {
                             Op::Create { key, value } | Op::Update { key, value, .. } => {
-                                let create = prev.as_ref().map(|p| p.create_revision).unwrap_or(revision);
+                                let create =
+                                    prev.as_ref().map(|p| p.create_revision).unwrap_or(revision);
                                 objects
-                                    .insert(key.as_str(), codec::encode_value(create, revision, value).as_slice())
+                                    .insert(
+                                        key.as_str(),
+                                        codec::encode_value(create, revision, value).as_slice(),
+                                    )
                                     .map_err(backend)?;
                                 Event {
                                     kind: EventKind::Put,
@@ -261,7 +273,9 @@ fn check(
             .map_err(backend)?
             .and_then(|v| codec::decode_value(key, v.value()));
         match (op, &current) {
-            (Op::Create { .. }, Some(_)) => return Err(StoreError::AlreadyExists { key: key.into() }),
+            (Op::Create { .. }, Some(_)) => {
+                return Err(StoreError::AlreadyExists { key: key.into() })
+            }
             (Op::Update { .. } | Op::Delete { .. }, None) => {
                 return Err(StoreError::NotFound { key: key.into() })
             }
@@ -294,8 +308,16 @@ fn compact(db: &Database, revision: Revision) -> Result<(), StoreError> {
     txn.set_durability(Durability::Immediate);
     {
         let mut meta = txn.open_table(META).map_err(backend)?;
-        let current = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-        let compacted = meta.get(META_COMPACTED).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+        let current = meta
+            .get(META_REVISION)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let compacted = meta
+            .get(META_COMPACTED)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         if revision > current {
             return Err(StoreError::Backend(format!(
                 "cannot compact to revision {revision}: the store is at {current}"
@@ -327,8 +349,16 @@ fn read_history(
 ) -> Result<(Vec<Event>, Revision), StoreError> {
     let r = db.begin_read().map_err(backend)?;
     let meta = r.open_table(META).map_err(backend)?;
-    let compacted = meta.get(META_COMPACTED).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-    let current = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+    let compacted = meta
+        .get(META_COMPACTED)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    let current = meta
+        .get(META_REVISION)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
     if after < compacted {
         return Err(StoreError::Compacted {
             requested: after,
@@ -339,8 +369,9 @@ fn read_history(
     let mut out = Vec::new();
     for entry in history.range(after + 1..).map_err(backend)? {
         let (rev, bytes) = entry.map_err(backend)?;
-        let events = codec::decode_events(rev.value(), bytes.value())
-            .ok_or_else(|| StoreError::Backend(format!("history record {} is corrupt", rev.value())))?;
+        let events = codec::decode_events(rev.value(), bytes.value()).ok_or_else(|| {
+            StoreError::Backend(format!("history record {} is corrupt", rev.value()))
+        })?;
         out.extend(events.into_iter().filter(|e| e.kv.key.starts_with(prefix)));
     }
     Ok((out, current))
@@ -363,7 +394,11 @@ impl Store for RedbStore {
     ) -> Result<ListResult, StoreError> {
         let r = self.inner.db.begin_read().map_err(backend)?;
         let meta = r.open_table(META).map_err(backend)?;
-        let revision = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+        let revision = meta
+            .get(META_REVISION)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         let objects = r.open_table(OBJECTS).map_err(backend)?;
         let start = match start_after {
             Some(s) if s >= prefix => s,
@@ -389,7 +424,11 @@ impl Store for RedbStore {
                 items.push(kv);
             }
         }
-        Ok(ListResult { items, revision, more })
+        Ok(ListResult {
+            items,
+            revision,
+            more,
+        })
     }
 
     async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {

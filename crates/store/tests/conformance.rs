@@ -27,7 +27,11 @@ fn crash_writer_binary() -> std::path::PathBuf {
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let writer = crash_writer_binary();
-    assert!(writer.exists(), "{} is missing: build with cargo test", writer.display());
+    assert!(
+        writer.exists(),
+        "{} is missing: build with cargo test",
+        writer.display()
+    );
     let mut child = Command::new(writer)
         .arg(dir.path())
         .stdout(Stdio::piped())
@@ -47,6 +51,10 @@ async fn acknowledged_writes_survive_kill_9() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert_eq!(acknowledged.len(), 300, "the child acknowledged writes before the kill");
+    assert_eq!(
+        acknowledged.len(),
+        300,
+        "the child acknowledged writes before the kill"
+    );
     conformance::verify_acknowledged(open(dir.path()), &acknowledged).await;
 }

@@ -1,1 +1,97 @@
-fn main() {}
+//! `vmo`: the one binary. `vmo up` runs the control plane; every other verb is a client of it.
+
+mod cli;
+mod paths;
+mod up;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vmo",
+    version,
+    about = "vmo: virtual machines for teams leaving VMware",
+    propagate_version = true
+)]
+struct Args {
+    /// Kubeconfig to use (default: $KUBECONFIG, then the default data dir's kubeconfig).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace for namespaced objects (default: the kubeconfig context's, then `default`).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the all-in-one control plane: API server, controllers and embedded store.
+    Up(up::UpArgs),
+    /// Create or update objects from files, a directory, or `-` (standard input).
+    Apply(cli::apply::ApplyArgs),
+    /// List objects, or show some by name.
+    Get(cli::get::GetArgs),
+    /// Show an object in detail, with its events.
+    Describe(cli::describe::DescribeArgs),
+    /// Delete objects by name, by label, or from files.
+    Delete(cli::delete::DeleteArgs),
+    /// List the kinds the server serves.
+    ApiResources,
+    /// Show the client and server versions.
+    Version,
+}
+
+/// Logs go to stderr at the level in `VMO_LOG` (error, warn, info, debug, trace); `vmo up` logs at
+/// info by default, client verbs only warnings.
+fn init_logging(is_server: bool) {
+    let level = std::env::var("VMO_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(if is_server {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        });
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(matches!(args.command, Command::Up(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let ctx = cli::Context::new(args.kubeconfig, args.namespace);
+        match args.command {
+            Command::Up(a) => up::run(a).await,
+            Command::Apply(a) => cli::apply::run(&ctx, a).await,
+            Command::Get(a) => cli::get::run(&ctx, a).await,
+            Command::Describe(a) => cli::describe::run(&ctx, a).await,
+            Command::Delete(a) => cli::delete::run(&ctx, a).await,
+            Command::ApiResources => cli::api_resources(&ctx).await,
+            Command::Version => cli::version(&ctx).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            cli::print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}

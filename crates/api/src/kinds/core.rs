@@ -1,7 +1,8 @@
 //! Core v1 kinds: Namespace, ConfigMap, Secret, Event.
 
 use super::{
-    at, no_prepare, no_update_validation, no_validation, text_at, Column, KindInfo, AGE_COLUMN, NAME_COLUMN,
+    at, no_prepare, no_update_validation, no_validation, text_at, Column, KindInfo, AGE_COLUMN,
+    NAME_COLUMN,
 };
 use crate::object::Object;
 use crate::status::FieldError;

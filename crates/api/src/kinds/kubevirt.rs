@@ -529,7 +529,8 @@ pub struct Toleration {
 /// Run strategies a VirtualMachine accepts.
 pub const RUN_STRATEGIES: &[&str] = &["Always", "RerunOnFailure", "Manual", "Halted", "Once"];
 /// Eviction strategies.
-pub const EVICTION_STRATEGIES: &[&str] = &["None", "LiveMigrate", "LiveMigrateIfPossible", "External"];
+pub const EVICTION_STRATEGIES: &[&str] =
+    &["None", "LiveMigrate", "LiveMigrateIfPossible", "External"];
 const DISK_BUSES: &[&str] = &["virtio", "sata", "scsi", "usb"];
 const CDROM_BUSES: &[&str] = &["sata", "scsi"];
 const NIC_MODELS: &[&str] = &["virtio", "e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet"];
@@ -552,7 +553,10 @@ const VOLUME_SOURCES: &[&str] = &[
 ];
 
 /// Decodes a typed value from part of an object, naming the field on a type error.
-pub fn decode_at<T: serde::de::DeserializeOwned>(value: &Value, prefix: &str) -> Result<T, FieldError> {
+pub fn decode_at<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    prefix: &str,
+) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
         let path = if inner == "." || inner.is_empty() {
@@ -652,15 +656,28 @@ pub fn validate_vmi_spec(spec: &VmiSpec, path: &str) -> Vec<FieldError> {
         }
         if let Some(bus) = disk.disk.as_ref().and_then(|t| t.bus.as_deref()) {
             if !DISK_BUSES.contains(&bus) {
-                errors.push(FieldError::not_supported(format!("{p}.disk.bus"), bus, DISK_BUSES));
+                errors.push(FieldError::not_supported(
+                    format!("{p}.disk.bus"),
+                    bus,
+                    DISK_BUSES,
+                ));
             }
         }
         if let Some(bus) = disk.cdrom.as_ref().and_then(|t| t.bus.as_deref()) {
             if !CDROM_BUSES.contains(&bus) {
-                errors.push(FieldError::not_supported(format!("{p}.cdrom.bus"), bus, CDROM_BUSES));
+                errors.push(FieldError::not_supported(
+                    format!("{p}.cdrom.bus"),
+                    bus,
+                    CDROM_BUSES,
+                ));
             }
         }
-        check_boot_order(disk.boot_order, &format!("{p}.bootOrder"), &mut boot_orders, &mut errors);
+        check_boot_order(
+            disk.boot_order,
+            &format!("{p}.bootOrder"),
+            &mut boot_orders,
+            &mut errors,
+        );
     }
     let network_names = validate_networks(&spec.networks, path, &mut errors);
     let mut interface_names = HashSet::new();
@@ -703,10 +720,19 @@ pub fn validate_vmi_spec(spec: &VmiSpec, path: &str) -> Vec<FieldError> {
         }
         if let Some(model) = &nic.model {
             if !NIC_MODELS.contains(&model.as_str()) {
-                errors.push(FieldError::not_supported(format!("{p}.model"), model, NIC_MODELS));
+                errors.push(FieldError::not_supported(
+                    format!("{p}.model"),
+                    model,
+                    NIC_MODELS,
+                ));
             }
         }
-        check_boot_order(nic.boot_order, &format!("{p}.bootOrder"), &mut boot_orders, &mut errors);
+        check_boot_order(
+            nic.boot_order,
+            &format!("{p}.bootOrder"),
+            &mut boot_orders,
+            &mut errors,
+        );
     }
     validate_firmware(&spec.domain, &domain, &mut errors);
     for (k, v) in &spec.node_selector {
@@ -745,25 +771,32 @@ pub fn validate_vmi_spec(spec: &VmiSpec, path: &str) -> Vec<FieldError> {
         }
     }
     if let Some(hostname) = &spec.hostname {
-        errors.extend(validation::dns1123_label(&format!("{path}.hostname"), hostname));
+        errors.extend(validation::dns1123_label(
+            &format!("{path}.hostname"),
+            hostname,
+        ));
     }
     errors
 }
 
 fn validate_memory_and_cpu(domain: &DomainSpec, path: &str, errors: &mut Vec<FieldError>) {
     let guest = domain.memory.as_ref().and_then(|m| m.guest.as_ref());
-    let guest_q = guest.and_then(|g| {
-        validation::positive_quantity(&format!("{path}.memory.guest"), &g.0, errors)
-    });
+    let guest_q = guest
+        .and_then(|g| validation::positive_quantity(&format!("{path}.memory.guest"), &g.0, errors));
     let mut request_memory = None;
     if let Some(resources) = &domain.resources {
-        for (which, map) in [("requests", &resources.requests), ("limits", &resources.limits)] {
+        for (which, map) in [
+            ("requests", &resources.requests),
+            ("limits", &resources.limits),
+        ] {
             for (name, q) in map {
                 let p = format!("{path}.resources.{which}.{name}");
                 match validation::quantity(&p, &q.0) {
-                    Ok(parsed) if parsed.is_negative() => {
-                        errors.push(FieldError::invalid(p, &q.0, "must be greater than or equal to 0"))
-                    }
+                    Ok(parsed) if parsed.is_negative() => errors.push(FieldError::invalid(
+                        p,
+                        &q.0,
+                        "must be greater than or equal to 0",
+                    )),
                     Ok(parsed) => {
                         if which == "requests" && name == "memory" {
                             request_memory = Some(parsed);
@@ -774,8 +807,14 @@ fn validate_memory_and_cpu(domain: &DomainSpec, path: &str, errors: &mut Vec<Fie
             }
         }
         if let (Some(request), Some(limit)) = (
-            resources.requests.get("memory").and_then(|q| crate::Quantity::parse(&q.0).ok()),
-            resources.limits.get("memory").and_then(|q| crate::Quantity::parse(&q.0).ok()),
+            resources
+                .requests
+                .get("memory")
+                .and_then(|q| crate::Quantity::parse(&q.0).ok()),
+            resources
+                .limits
+                .get("memory")
+                .and_then(|q| crate::Quantity::parse(&q.0).ok()),
         ) {
             if request > limit {
                 errors.push(FieldError::invalid(
@@ -809,7 +848,11 @@ fn validate_memory_and_cpu(domain: &DomainSpec, path: &str, errors: &mut Vec<Fie
         }
     }
     if let Some(cpu) = &domain.cpu {
-        for (name, value) in [("cores", cpu.cores), ("sockets", cpu.sockets), ("threads", cpu.threads)] {
+        for (name, value) in [
+            ("cores", cpu.cores),
+            ("sockets", cpu.sockets),
+            ("threads", cpu.threads),
+        ] {
             if value == Some(0) {
                 errors.push(FieldError::invalid(
                     format!("{path}.cpu.{name}"),
@@ -818,7 +861,9 @@ fn validate_memory_and_cpu(domain: &DomainSpec, path: &str, errors: &mut Vec<Fie
                 ));
             }
         }
-        let total = cpu.cores.unwrap_or(1) as u64 * cpu.sockets.unwrap_or(1) as u64 * cpu.threads.unwrap_or(1) as u64;
+        let total = cpu.cores.unwrap_or(1) as u64
+            * cpu.sockets.unwrap_or(1) as u64
+            * cpu.threads.unwrap_or(1) as u64;
         if total > 512 {
             errors.push(FieldError::invalid(
                 format!("{path}.cpu"),
@@ -833,7 +878,11 @@ fn has_error_under(errors: &[FieldError], path: &str) -> bool {
     errors.iter().any(|e| e.path.starts_with(path))
 }
 
-fn validate_volumes<'a>(volumes: &'a [Volume], path: &str, errors: &mut Vec<FieldError>) -> HashSet<&'a str> {
+fn validate_volumes<'a>(
+    volumes: &'a [Volume],
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> HashSet<&'a str> {
     let mut names = HashSet::new();
     for (i, volume) in volumes.iter().enumerate() {
         let p = format!("{path}.volumes[{i}]");
@@ -842,7 +891,10 @@ fn validate_volumes<'a>(volumes: &'a [Volume], path: &str, errors: &mut Vec<Fiel
         } else if !names.insert(volume.name.as_str()) {
             errors.push(FieldError::duplicate(format!("{p}.name"), &volume.name));
         } else {
-            errors.extend(validation::dns1123_label(&format!("{p}.name"), &volume.name));
+            errors.extend(validation::dns1123_label(
+                &format!("{p}.name"),
+                &volume.name,
+            ));
         }
         let typed = [
             volume.host_disk.is_some(),
@@ -861,7 +913,10 @@ fn validate_volumes<'a>(volumes: &'a [Volume], path: &str, errors: &mut Vec<Fiel
             1 => {}
             0 => errors.push(FieldError::required(
                 &p,
-                format!("a volume source is required, one of: {}", VOLUME_SOURCES.join(", ")),
+                format!(
+                    "a volume source is required, one of: {}",
+                    VOLUME_SOURCES.join(", ")
+                ),
             )),
             _ => errors.push(FieldError::invalid(
                 &p,
@@ -881,7 +936,11 @@ fn validate_volumes<'a>(volumes: &'a [Volume], path: &str, errors: &mut Vec<Fiel
                 "Disk" => {}
                 "DiskOrCreate" => match &host.capacity {
                     Some(c) => {
-                        validation::positive_quantity(&format!("{p}.hostDisk.capacity"), &c.0, errors);
+                        validation::positive_quantity(
+                            &format!("{p}.hostDisk.capacity"),
+                            &c.0,
+                            errors,
+                        );
                     }
                     None => errors.push(FieldError::required(
                         format!("{p}.hostDisk.capacity"),
@@ -897,7 +956,11 @@ fn validate_volumes<'a>(volumes: &'a [Volume], path: &str, errors: &mut Vec<Fiel
             }
         }
         if let Some(empty) = &volume.empty_disk {
-            validation::positive_quantity(&format!("{p}.emptyDisk.capacity"), &empty.capacity.0, errors);
+            validation::positive_quantity(
+                &format!("{p}.emptyDisk.capacity"),
+                &empty.capacity.0,
+                errors,
+            );
         }
         if let Some(ci) = &volume.cloud_init_no_cloud {
             validate_cloud_init(ci, &format!("{p}.cloudInitNoCloud"), errors);
@@ -943,8 +1006,14 @@ fn validate_cloud_init(ci: &CloudInitNoCloud, p: &str, errors: &mut Vec<FieldErr
             "one of userData, userDataBase64, secretRef or network data is required",
         ));
     }
-    for (field, value) in [("userData", &ci.user_data), ("networkData", &ci.network_data)] {
-        if value.as_ref().is_some_and(|v| v.len() > CLOUD_INIT_MAX_BYTES) {
+    for (field, value) in [
+        ("userData", &ci.user_data),
+        ("networkData", &ci.network_data),
+    ] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.len() > CLOUD_INIT_MAX_BYTES)
+        {
             errors.push(FieldError::invalid(
                 format!("{p}.{field}"),
                 "<omitted>",
@@ -958,11 +1027,13 @@ fn validate_cloud_init(ci: &CloudInitNoCloud, p: &str, errors: &mut Vec<FieldErr
     ] {
         if let Some(v) = value {
             match base64::engine::general_purpose::STANDARD.decode(v.trim()) {
-                Ok(bytes) if bytes.len() > CLOUD_INIT_MAX_BYTES => errors.push(FieldError::invalid(
-                    format!("{p}.{field}"),
-                    "<omitted>",
-                    format!("must decode to at most {CLOUD_INIT_MAX_BYTES} bytes"),
-                )),
+                Ok(bytes) if bytes.len() > CLOUD_INIT_MAX_BYTES => {
+                    errors.push(FieldError::invalid(
+                        format!("{p}.{field}"),
+                        "<omitted>",
+                        format!("must decode to at most {CLOUD_INIT_MAX_BYTES} bytes"),
+                    ))
+                }
                 Ok(_) => {}
                 Err(e) => errors.push(FieldError::invalid(
                     format!("{p}.{field}"),
@@ -972,14 +1043,21 @@ fn validate_cloud_init(ci: &CloudInitNoCloud, p: &str, errors: &mut Vec<FieldErr
             }
         }
     }
-    for (field, reference) in [("secretRef", &ci.secret_ref), ("networkDataSecretRef", &ci.network_data_secret_ref)] {
+    for (field, reference) in [
+        ("secretRef", &ci.secret_ref),
+        ("networkDataSecretRef", &ci.network_data_secret_ref),
+    ] {
         if reference.as_ref().is_some_and(|r| r.name.is_empty()) {
             errors.push(FieldError::required(format!("{p}.{field}.name"), ""));
         }
     }
 }
 
-fn validate_networks<'a>(networks: &'a [Network], path: &str, errors: &mut Vec<FieldError>) -> HashSet<&'a str> {
+fn validate_networks<'a>(
+    networks: &'a [Network],
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> HashSet<&'a str> {
     let mut names = HashSet::new();
     let mut pods = 0;
     for (i, net) in networks.iter().enumerate() {
@@ -995,7 +1073,9 @@ fn validate_networks<'a>(networks: &'a [Network], path: &str, errors: &mut Vec<F
                 &net.name,
                 "only one of pod or multus may be set",
             )),
-            (None, None) => errors.push(FieldError::required(&p, "one of pod or multus is required")),
+            (None, None) => {
+                errors.push(FieldError::required(&p, "one of pod or multus is required"))
+            }
             (Some(_), None) => pods += 1,
             (None, Some(m)) if m.network_name.is_empty() => {
                 errors.push(FieldError::required(format!("{p}.multus.networkName"), ""))
@@ -1032,7 +1112,10 @@ fn validate_firmware(domain: &DomainSpec, path: &str, errors: &mut Vec<FieldErro
                     "at least one of kernelPath or initrdPath is required",
                 ));
             }
-            for (field, value) in [("kernelPath", &container.kernel_path), ("initrdPath", &container.initrd_path)] {
+            for (field, value) in [
+                ("kernelPath", &container.kernel_path),
+                ("initrdPath", &container.initrd_path),
+            ] {
                 if value.as_ref().is_some_and(|v| !v.starts_with('/')) {
                     errors.push(FieldError::invalid(
                         format!("{p}.{field}"),
@@ -1044,11 +1127,19 @@ fn validate_firmware(domain: &DomainSpec, path: &str, errors: &mut Vec<FieldErro
         }
         if let Some(uuid) = &fw.uuid {
             if !is_uuid(uuid) {
-                errors.push(FieldError::invalid(format!("{path}.firmware.uuid"), uuid, "must be a UUID"));
+                errors.push(FieldError::invalid(
+                    format!("{path}.firmware.uuid"),
+                    uuid,
+                    "must be a UUID",
+                ));
             }
         }
     }
-    if let Some(machine) = domain.machine.as_ref().and_then(|m| m.machine_type.as_deref()) {
+    if let Some(machine) = domain
+        .machine
+        .as_ref()
+        .and_then(|m| m.machine_type.as_deref())
+    {
         if machine != "q35" && !machine.starts_with("pc-q35") {
             errors.push(FieldError::not_supported(
                 format!("{path}.machine.type"),
@@ -1080,7 +1171,11 @@ fn validate_toleration(t: &Toleration, p: &str, errors: &mut Vec<FieldError>) {
     if let Some(effect) = t.effect.as_deref() {
         const EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute", ""];
         if !EFFECTS.contains(&effect) {
-            errors.push(FieldError::not_supported(format!("{p}.effect"), effect, EFFECTS));
+            errors.push(FieldError::not_supported(
+                format!("{p}.effect"),
+                effect,
+                EFFECTS,
+            ));
         }
     }
     if t.key.as_deref().unwrap_or("").is_empty() && t.operator.as_deref() != Some("Exists") {
@@ -1092,7 +1187,12 @@ fn validate_toleration(t: &Toleration, p: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
-fn check_boot_order(order: Option<u32>, path: &str, seen: &mut HashSet<u32>, errors: &mut Vec<FieldError>) {
+fn check_boot_order(
+    order: Option<u32>,
+    path: &str,
+    seen: &mut HashSet<u32>,
+    errors: &mut Vec<FieldError>,
+) {
     if let Some(order) = order {
         if order == 0 {
             errors.push(FieldError::invalid(path, "0", "must be greater than 0"));
@@ -1104,7 +1204,10 @@ fn check_boot_order(order: Option<u32>, path: &str, seen: &mut HashSet<u32>, err
 
 fn is_mac(s: &str) -> bool {
     let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -1145,7 +1248,9 @@ mod tests {
 
     #[test]
     fn a_good_vm_passes() {
-        let errors = validate_vm(&vm(json!({"runStrategy": "Always", "template": good_template()})));
+        let errors = validate_vm(&vm(
+            json!({"runStrategy": "Always", "template": good_template()}),
+        ));
         assert!(errors.is_empty(), "{errors:?}");
     }
 
@@ -1156,7 +1261,9 @@ mod tests {
         t["spec"]["domain"]["devices"]["disks"][0]["name"] = json!("missing");
         t["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"] = json!("zz");
         t["spec"]["evictionStrategy"] = json!("Sometimes");
-        let errors = validate_vm(&vm(json!({"runStrategy": "Bogus", "running": true, "template": t})));
+        let errors = validate_vm(&vm(
+            json!({"runStrategy": "Bogus", "running": true, "template": t}),
+        ));
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         for expected in [
             "spec.running",
@@ -1166,7 +1273,10 @@ mod tests {
             "spec.template.spec.domain.devices.interfaces[0].macAddress",
             "spec.template.spec.evictionStrategy",
         ] {
-            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
         }
         let memory = errors
             .iter()
@@ -1189,12 +1299,21 @@ mod tests {
     #[test]
     fn memory_is_required_and_volumes_need_a_source() {
         let mut t = good_template();
-        t["spec"]["domain"].as_object_mut().unwrap().remove("memory");
+        t["spec"]["domain"]
+            .as_object_mut()
+            .unwrap()
+            .remove("memory");
         t["spec"]["volumes"][0] = json!({"name": "root"});
         let errors = validate_vm(&vm(json!({"template": t})));
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert!(paths.contains(&"spec.template.spec.domain.memory.guest"), "{paths:?}");
-        assert!(paths.contains(&"spec.template.spec.volumes[0]"), "{paths:?}");
+        assert!(
+            paths.contains(&"spec.template.spec.domain.memory.guest"),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"spec.template.spec.volumes[0]"),
+            "{paths:?}"
+        );
     }
 
     #[test]
@@ -1202,6 +1321,9 @@ mod tests {
         let mut t = good_template();
         t["spec"]["domain"]["futureFeature"] = json!({"on": true});
         let spec: TemplateSpec = serde_json::from_value(t.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&spec).unwrap()["spec"]["domain"]["futureFeature"]["on"], true);
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap()["spec"]["domain"]["futureFeature"]["on"],
+            true
+        );
     }
 }

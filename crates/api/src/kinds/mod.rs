@@ -79,7 +79,8 @@ impl KindInfo {
 
     /// True when `field` may be used in a field selector on this kind.
     pub fn selectable(&self, field: &str) -> bool {
-        matches!(field, "metadata.name" | "metadata.namespace") || self.field_selectors.contains(&field)
+        matches!(field, "metadata.name" | "metadata.namespace")
+            || self.field_selectors.contains(&field)
     }
 }
 
@@ -108,7 +109,11 @@ pub const AGE_COLUMN: Column = Column {
     kind: "date",
     priority: 0,
     description: "Time since the object was created.",
-    cell: |o| Value::String(crate::meta::human_age(o.metadata.creation_timestamp.as_deref())),
+    cell: |o| {
+        Value::String(crate::meta::human_age(
+            o.metadata.creation_timestamp.as_deref(),
+        ))
+    },
 };
 
 /// All kinds vmo serves, in one list.
@@ -210,10 +215,23 @@ mod tests {
     #[test]
     fn resolves_every_spelling() {
         let r = Registry::builtin();
-        for name in ["vm", "vms", "virtualmachine", "VirtualMachine", "virtualmachines.kubevirt.io"] {
-            assert_eq!(r.resolve(name).map(|k| k.kind), Some("VirtualMachine"), "{name}");
+        for name in [
+            "vm",
+            "vms",
+            "virtualmachine",
+            "VirtualMachine",
+            "virtualmachines.kubevirt.io",
+        ] {
+            assert_eq!(
+                r.resolve(name).map(|k| k.kind),
+                Some("VirtualMachine"),
+                "{name}"
+            );
         }
-        assert_eq!(r.resolve("vmi").map(|k| k.kind), Some("VirtualMachineInstance"));
+        assert_eq!(
+            r.resolve("vmi").map(|k| k.kind),
+            Some("VirtualMachineInstance")
+        );
         assert_eq!(r.resolve("ns").map(|k| k.kind), Some("Namespace"));
         assert_eq!(r.resolve("cm").map(|k| k.kind), Some("ConfigMap"));
         assert!(r.resolve("virtualmachines.example.com").is_none());

@@ -1,0 +1,156 @@
+//! `vmo up`: the all-in-one control plane. It takes the data directory's lock, opens the store,
+//! creates TLS material and the admin token on first start, serves the API, starts the controllers,
+//! writes a kubeconfig, and shuts down cleanly on Ctrl-C or SIGTERM.
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use std::fs::File;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use vmo_apiserver::{ApiServer, Authenticator, Pki, ServerSettings};
+use vmo_store::{RedbStore, Store};
+
+/// Revisions of watch history kept before compaction.
+const HISTORY_REVISIONS: u64 = 100_000;
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Directory for the store, certificates, tokens and kubeconfig.
+    #[arg(long, env = "VMO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve the API on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+}
+
+/// Holds the data directory for this process; released when the process ends, even by kill -9.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join("vmo.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another vmo process (pid {}) is already running on data directory {}; stop it first or use --data-dir",
+                holder.trim(),
+                dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).context(format!("locking {}", path.display()))
+        }
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+fn certificate_hosts(listen: &SocketAddr) -> Vec<String> {
+    let mut hosts = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if !listen.ip().is_unspecified() {
+        hosts.push(listen.ip().to_string());
+    }
+    if let Ok(name) = std::fs::read_to_string("/etc/hostname") {
+        let name = name.trim();
+        if !name.is_empty() {
+            hosts.push(name.to_string());
+        }
+    }
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let dir = args.data_dir.unwrap_or_else(crate::paths::default_data_dir);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    let _lock = lock_data_dir(&dir)?;
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&dir.join("store.redb")).context("opening the store")?);
+    let pki = Pki::load_or_create(&dir, &certificate_hosts(&args.listen))
+        .context("preparing TLS certificates")?;
+    let (auth, admin_token) =
+        Authenticator::load_or_create(&dir.join("tokens")).context("preparing API tokens")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    let server = ApiServer::new(store.clone(), auth, ServerSettings::default());
+    server
+        .bootstrap()
+        .await
+        .map_err(|s| anyhow::anyhow!("bootstrapping namespaces: {s}"))?;
+    let tls = pki.server_config()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.clone().serve(listener, tls, async {
+        let _ = stop_rx.await;
+    }));
+    let client_host = if bound.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        bound.ip()
+    };
+    let url = format!("https://{}", SocketAddr::new(client_host, bound.port()));
+    let ca_pem = std::fs::read(&pki.ca_cert)?;
+    let kubeconfig_path = dir.join("kubeconfig");
+    let kubeconfig = vmo_client::kubeconfig::render("vmo", &url, &ca_pem, &admin_token);
+    vmo_apiserver::pki::write_private(&kubeconfig_path, kubeconfig.as_bytes())?;
+    let client = vmo_client::Client::from_kubeconfig(&kubeconfig_path)?;
+    let controllers = vmo_controllers::start_all(client);
+    let compactor = tokio::spawn(compact_forever(store.clone()));
+    println!("vmo is up at {url}");
+    println!("  data directory: {}", dir.display());
+    println!("  kubeconfig:     {}", kubeconfig_path.display());
+    println!("Use it with:");
+    println!("  export KUBECONFIG={}", kubeconfig_path.display());
+    println!("  vmo get vms        # or: kubectl get vms");
+    wait_for_stop_signal().await;
+    println!("vmo is stopping");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+    for c in controllers {
+        c.abort();
+    }
+    compactor.abort();
+    drop(server);
+    drop(store);
+    println!("vmo stopped");
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+/// Keeps the most recent `HISTORY_REVISIONS` revisions of watch history.
+async fn compact_forever(store: Arc<dyn Store>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        if let Ok(current) = store.revision().await {
+            if current > HISTORY_REVISIONS {
+                if let Err(e) = store.compact(current - HISTORY_REVISIONS).await {
+                    tracing::warn!(error = %e, "compaction failed");
+                }
+            }
+        }
+    }
+}
