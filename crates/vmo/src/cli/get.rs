@@ -145,7 +145,10 @@ async fn show(
                 Format::Name => objects
                     .iter()
                     .for_each(|o| println!("{}", output::name_of(kind, o))),
-                f => print!("{}", output::document(&objects, f == Format::Yaml)),
+                f => print!(
+                    "{}",
+                    output::document(&objects, names.len() == 1, f == Format::Yaml)
+                ),
             }
         }
     }

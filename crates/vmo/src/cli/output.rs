@@ -81,9 +81,10 @@ pub fn table_rows(table: &Value, wide: bool, with_namespace: bool) -> Vec<Vec<St
     rows
 }
 
-/// Objects as JSON or YAML: one object as itself, several as a `List`.
-pub fn document(objects: &[Object], yaml: bool) -> String {
-    let value = if objects.len() == 1 {
+/// Objects as JSON or YAML: one named object as itself, a listing (or several names) as a `List`,
+/// as kubectl prints them.
+pub fn document(objects: &[Object], single: bool, yaml: bool) -> String {
+    let value = if single && objects.len() == 1 {
         objects[0].to_value()
     } else {
         serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": objects})
