@@ -49,7 +49,7 @@ pub fn leaves(value: &Value, scope: Scope) -> FieldSet {
 
 fn collect(value: &Value, path: &mut FieldPath, out: &mut FieldSet) {
     match value {
-        Value::Object(map) if !map.is_empty() && !(path.len() == 2 && is_atomic_meta(path)) => {
+        Value::Object(map) if !(map.is_empty() || path.len() == 2 && is_atomic_meta(path)) => {
             for (k, v) in map {
                 path.push(k.clone());
                 collect(v, path, out);

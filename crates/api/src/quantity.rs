@@ -82,7 +82,7 @@ impl Quantity {
         if negative {
             mantissa = -mantissa;
         }
-        Ok(Self::normalized(mantissa, scale)?)
+        Self::normalized(mantissa, scale)
     }
 
     fn normalized(mut mantissa: i128, mut scale: i32) -> Result<Self, QuantityError> {

@@ -47,7 +47,7 @@ pub enum ClientError {
     #[error("HTTP exchange with the server failed")]
     Http(#[source] hyper::Error),
     #[error("{0}")]
-    Api(Status),
+    Api(Box<Status>),
     #[error("the server sent an unreadable response: {0}")]
     Decode(String),
 }
@@ -476,12 +476,12 @@ fn decode_answer(status: StatusCode, bytes: &[u8]) -> Result<Value, ClientError>
         return serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()));
     }
     match serde_json::from_slice::<Status>(bytes) {
-        Ok(s) if s.kind == "Status" => Err(ClientError::Api(s)),
-        _ => Err(ClientError::Api(Status::failure(
+        Ok(s) if s.kind == "Status" => Err(ClientError::Api(Box::new(s))),
+        _ => Err(ClientError::Api(Box::new(Status::failure(
             status.as_u16(),
             status.canonical_reason().unwrap_or("Error"),
             String::from_utf8_lossy(bytes).trim().to_string(),
-        ))),
+        )))),
     }
 }
 

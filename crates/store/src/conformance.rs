@@ -13,6 +13,12 @@ use std::time::Duration;
 /// Opens a backend on a directory (the same directory again after a restart).
 pub type Opener = fn(&Path) -> Arc<dyn Store>;
 
+/// One named check of the suite.
+type Check = (
+    &'static str,
+    fn(Arc<dyn Store>) -> futures_util::future::BoxFuture<'static, ()>,
+);
+
 fn put(key: &str, value: &str) -> Op {
     Op::Create {
         key: key.into(),
@@ -30,10 +36,7 @@ async fn next_event(w: &mut Box<dyn Watch>) -> crate::Event {
 
 /// Runs every check, each on a fresh directory.
 pub async fn run_all(open: Opener) {
-    let checks: [(
-        &str,
-        fn(Arc<dyn Store>) -> futures_util::future::BoxFuture<'static, ()>,
-    ); 7] = [
+    let checks: [Check; 7] = [
         ("crud_and_revisions", |s| Box::pin(crud_and_revisions(s))),
         ("conflicts", |s| Box::pin(conflicts(s))),
         ("atomic_transactions", |s| Box::pin(atomic_transactions(s))),

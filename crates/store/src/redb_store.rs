@@ -180,12 +180,14 @@ fn writer_loop(
 }
 
 type Reply = oneshot::Sender<Result<Committed, StoreError>>;
+/// Each transaction's result, and the events of those that committed.
+type BatchOutcome = (Vec<Result<Committed, StoreError>>, Vec<Event>);
 
 /// Applies every transaction of the batch in one redb write transaction with one fsync.
 fn commit_batch(
     db: &Database,
     commits: &[(Vec<Op>, Reply)],
-) -> Result<(Vec<Result<Committed, StoreError>>, Vec<Event>), StoreError> {
+) -> Result<BatchOutcome, StoreError> {
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(Durability::Immediate);
     let mut results = Vec::with_capacity(commits.len());

@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 fn api_error(r: Result<impl std::fmt::Debug, ClientError>) -> vmo_api::Status {
     match r {
-        Err(ClientError::Api(s)) => s,
+        Err(ClientError::Api(s)) => *s,
         other => panic!("expected an API error, got {other:?}"),
     }
 }

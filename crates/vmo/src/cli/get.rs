@@ -168,8 +168,7 @@ async fn watch_rows(
     if !query.is_empty() {
         q = format!("{q}&{query}");
     }
-    let mut p = format!("{}?watch=true&{q}", path(kind, ns, None, None));
-    p = p.replace("?watch=true&", "?watch=true&");
+    let p = format!("{}?watch=true&{q}", path(kind, ns, None, None));
     let response = client.send(Method::GET, &p, None, TABLE_ACCEPT).await?;
     if !response.status().is_success() {
         anyhow::bail!("the server refused the watch ({})", response.status());
