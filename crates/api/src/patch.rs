@@ -120,17 +120,32 @@ fn upsert(
     scope: Scope,
     set: FieldSet,
 ) {
-    entries.retain(|e| !is_same_owner(e, manager, operation, scope));
-    if !set.is_empty() {
-        entries.push(ManagedFieldsEntry {
-            manager: manager.into(),
-            operation: operation.into(),
-            api_version: api_version.into(),
-            time: Some(now_rfc3339()),
-            fields_type: "FieldsV1".into(),
-            fields_v1: fieldset::to_fields_v1(&set),
-            subresource: scope_subresource(scope).into(),
-        });
+    let fields_v1 = fieldset::to_fields_v1(&set);
+    let existing = entries
+        .iter()
+        .position(|e| is_same_owner(e, manager, operation, scope));
+    match existing {
+        // Unchanged ownership keeps its entry as it was, so a no-op write changes nothing.
+        Some(i) if entries[i].fields_v1 == fields_v1 && entries[i].api_version == api_version => {}
+        Some(i) if set.is_empty() => {
+            entries.remove(i);
+        }
+        _ if set.is_empty() => {}
+        found => {
+            let entry = ManagedFieldsEntry {
+                manager: manager.into(),
+                operation: operation.into(),
+                api_version: api_version.into(),
+                time: Some(now_rfc3339()),
+                fields_type: "FieldsV1".into(),
+                fields_v1,
+                subresource: scope_subresource(scope).into(),
+            };
+            match found {
+                Some(i) => entries[i] = entry,
+                None => entries.push(entry),
+            }
+        }
     }
 }
 

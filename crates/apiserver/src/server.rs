@@ -31,6 +31,11 @@ use vmo_store::Store;
 /// Response bodies: whole JSON documents, or a stream of watch events.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
+/// Most connections served at once; further clients wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 4096;
+/// Time a client has to send a request's headers (slow or idle clients are dropped).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Tunables of the server.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -110,16 +115,30 @@ impl ApiServer {
     ) {
         let acceptor = TlsAcceptor::from(tls);
         let mut connections = tokio::task::JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => {
-                    let Ok((tcp, peer)) = accepted else { continue };
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Typically out of file descriptors: back off instead of spinning.
+                            tracing::warn!(error = %e, "accepting a connection failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many connections; closing the new one");
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
                     let acceptor = acceptor.clone();
                     let server = self.clone();
                     connections.spawn(async move {
+                        let _slot = slot;
                         let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(e)) => {
@@ -133,6 +152,8 @@ impl ApiServer {
                             async move { Ok::<_, Infallible>(server.handle(req).await) }
                         });
                         if let Err(e) = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(HEADER_READ_TIMEOUT)
                             .keep_alive(true)
                             .serve_connection(TokioIo::new(tls), service)
                             .await

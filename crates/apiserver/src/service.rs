@@ -106,6 +106,11 @@ pub fn store_status(kind: &KindInfo, name: &str, e: StoreError) -> Status {
         } => Status::gone(format!(
             "too old resource version: {requested} ({compacted})"
         )),
+        StoreError::FutureRevision { requested, current } => Status::failure(
+            504,
+            "Timeout",
+            format!("Too large resource version: {requested}, current: {current}"),
+        ),
         other => Status::internal(other.to_string()),
     }
 }
@@ -136,36 +141,41 @@ pub fn decode(kv: &KeyValue) -> Result<Object, Status> {
     Ok(obj)
 }
 
-fn encode(obj: &Object) -> Vec<u8> {
+fn encode(obj: &Object) -> Result<Vec<u8>, Status> {
     let mut stored = obj.clone();
     stored.metadata.resource_version.clear();
-    serde_json::to_vec(&stored).unwrap_or_default()
+    serde_json::to_vec(&stored)
+        .map_err(|e| Status::internal(format!("encoding {}: {e}", obj.display_name())))
 }
 
-fn random_suffix(len: usize) -> String {
+fn random_bytes(buf: &mut [u8]) -> Result<(), Status> {
+    getrandom::fill(buf).map_err(|e| Status::internal(format!("no randomness available: {e}")))
+}
+
+fn random_suffix(len: usize) -> Result<String, Status> {
     let mut bytes = vec![0u8; len];
-    let _ = getrandom::fill(&mut bytes);
-    bytes
+    random_bytes(&mut bytes)?;
+    Ok(bytes
         .iter()
         .map(|b| NAME_ALPHABET[*b as usize % NAME_ALPHABET.len()] as char)
-        .collect()
+        .collect())
 }
 
 /// A random RFC 4122 version 4 UUID.
-pub fn new_uid() -> String {
+pub fn new_uid() -> Result<String, Status> {
     let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
+    random_bytes(&mut b)?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
+    Ok(format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],
         &hex[8..12],
         &hex[12..16],
         &hex[16..20],
         &hex[20..32]
-    )
+    ))
 }
 
 /// Everything of an object except metadata and status: what a generation counts.
@@ -277,6 +287,9 @@ impl ResourceService {
     }
 
     /// Lists objects of a kind (in one namespace, or all), filtered and paginated.
+    ///
+    /// Every page reports the first page's revision, so a watch started from it replays whatever
+    /// changed while the pages were read; a token older than the kept history answers 410.
     pub async fn list(
         &self,
         kind: &KindInfo,
@@ -285,57 +298,61 @@ impl ResourceService {
     ) -> Result<ListPage, Status> {
         self.check_field_selector(kind, &opts.field_selector)?;
         let prefix = prefix(kind, namespace);
-        let mut start_after = match &opts.continue_token {
-            Some(token) => Some(decode_continue(token, &prefix)?),
-            None => None,
+        let (mut start_after, mut first_revision) = match &opts.continue_token {
+            Some(token) => {
+                let (revision, key) = decode_continue(token, &prefix)?;
+                let compacted = self
+                    .store
+                    .compacted_revision()
+                    .await
+                    .map_err(|e| store_status(kind, "", e))?;
+                if revision < compacted {
+                    return Err(Status::gone(
+                        "the provided continue parameter is too old; list again without it",
+                    ));
+                }
+                (Some(key), Some(revision))
+            }
+            None => (None, None),
         };
         let mut items = Vec::new();
-        let mut resource_version = None;
         let want = opts.limit.unwrap_or(usize::MAX);
         loop {
-            let page_size = if want == usize::MAX {
-                None
-            } else {
-                Some((want - items.len()).max(50))
-            };
+            let page_size = (want != usize::MAX).then(|| (want - items.len()).max(50));
             let page = self
                 .store
                 .list(&prefix, start_after.as_deref(), page_size)
                 .await
                 .map_err(|e| store_status(kind, "", e))?;
-            resource_version.get_or_insert(page.revision);
-            let mut last_key = None;
-            for kv in &page.items {
-                last_key = Some(kv.key.clone());
+            let revision = *first_revision.get_or_insert(page.revision);
+            for (i, kv) in page.items.iter().enumerate() {
                 let obj = decode(kv)?;
-                if Self::selected(&obj, opts) {
-                    items.push(obj);
-                    if items.len() == want {
-                        let more = page.more
-                            || kv.key
-                                != page.items.last().map(|k| k.key.clone()).unwrap_or_default();
-                        return Ok(ListPage {
-                            items,
-                            resource_version: resource_version.unwrap_or(page.revision),
-                            continue_token: if more {
-                                encode_continue(&kv.key)
-                            } else {
-                                String::new()
-                            },
-                        });
-                    }
+                if !Self::selected(&obj, opts) {
+                    continue;
+                }
+                items.push(obj);
+                if items.len() == want {
+                    let more = page.more || i + 1 < page.items.len();
+                    return Ok(ListPage {
+                        items,
+                        resource_version: revision,
+                        continue_token: if more {
+                            encode_continue(revision, &kv.key)
+                        } else {
+                            String::new()
+                        },
+                    });
                 }
             }
             if !page.more {
-                break;
+                return Ok(ListPage {
+                    items,
+                    resource_version: revision,
+                    continue_token: String::new(),
+                });
             }
-            start_after = last_key;
+            start_after = page.items.last().map(|kv| kv.key.clone());
         }
-        Ok(ListPage {
-            items,
-            resource_version: resource_version.unwrap_or(0),
-            continue_token: String::new(),
-        })
     }
 
     fn check_namespace_field(
@@ -458,13 +475,13 @@ impl ResourceService {
         let generated = obj.metadata.name.is_empty() && !obj.metadata.generate_name.is_empty();
         for attempt in 0..5 {
             if generated {
-                obj.metadata.name = format!("{}{}", obj.metadata.generate_name, random_suffix(5));
+                obj.metadata.name = format!("{}{}", obj.metadata.generate_name, random_suffix(5)?);
             }
             let mut candidate = obj.clone();
             Self::validate(kind, &mut candidate, None)?;
             self.check_namespace_usable(kind, &candidate.metadata.namespace)
                 .await?;
-            candidate.metadata.uid = new_uid();
+            candidate.metadata.uid = new_uid()?;
             candidate.metadata.creation_timestamp = Some(now_rfc3339());
             candidate.metadata.generation = 1;
             candidate.metadata.deletion_timestamp = None;
@@ -498,7 +515,7 @@ impl ResourceService {
                     &candidate.metadata.namespace,
                     &candidate.metadata.name,
                 ),
-                value: encode(&candidate),
+                value: encode(&candidate)?,
             };
             match self.store.commit(vec![op]).await {
                 Ok(done) => {
@@ -535,22 +552,30 @@ impl ResourceService {
                 obj.metadata.name
             )));
         }
-        let (old, revision) = self.get_with_revision(kind, namespace, name).await?;
-        if !obj.metadata.resource_version.is_empty()
-            && parse_revision(&obj.metadata.resource_version)? != revision
-        {
-            return Err(store_status(
-                kind,
-                name,
-                StoreError::Conflict {
-                    key: String::new(),
-                    expected: 0,
-                    actual: revision,
-                },
-            ));
+        let unconditional = obj.metadata.resource_version.is_empty();
+        for _ in 0..PATCH_RETRIES {
+            let (old, revision) = self.get_with_revision(kind, namespace, name).await?;
+            if !unconditional && parse_revision(&obj.metadata.resource_version)? != revision {
+                return Err(conflict(kind, name));
+            }
+            let result = self
+                .write_update(
+                    kind,
+                    old,
+                    revision,
+                    obj.clone(),
+                    scope,
+                    opts,
+                    Ownership::Track,
+                )
+                .await;
+            match result {
+                // Without a resourceVersion the client asked for last-writer-wins: retry races.
+                Err(s) if unconditional && s.code == 409 && s.reason == "Conflict" => continue,
+                other => return other,
+            }
         }
-        self.write_update(kind, old, revision, obj, scope, opts, Ownership::Track)
-            .await
+        Err(conflict(kind, name))
     }
 
     /// The shared tail of update and patch: merge server-owned fields, validate, bump generation,
@@ -634,7 +659,7 @@ impl ResourceService {
         } else {
             Op::Update {
                 key,
-                value: encode(&new),
+                value: encode(&new)?,
                 expected: Some(revision),
             }
         };
@@ -675,6 +700,18 @@ impl ResourceService {
             _ => serde_json::from_slice(body).map_err(vmo_api::decode::DecodeError::Json),
         }
         .map_err(|e| Status::bad_request(e.to_string()))?;
+        let object_patch = matches!(
+            patch_kind,
+            PatchKind::Merge | PatchKind::Strategic | PatchKind::Apply
+        );
+        if object_patch && !patch_value.is_object() {
+            return Err(Status::bad_request("the patch must be a JSON object"));
+        }
+        if patch_kind == PatchKind::Apply
+            && patch_value.get("metadata").is_some_and(|m| !m.is_object())
+        {
+            return Err(Status::bad_request("metadata must be an object"));
+        }
         if patch_kind == PatchKind::Apply && opts.field_manager.is_empty() {
             return Err(Status::bad_request(
                 "fieldManager is required for apply patches",
@@ -733,15 +770,7 @@ impl ResourceService {
                         .and_then(Value::as_str)
                     {
                         if parse_revision(rv)? != revision {
-                            return Err(store_status(
-                                kind,
-                                name,
-                                StoreError::Conflict {
-                                    key: String::new(),
-                                    expected: 0,
-                                    actual: revision,
-                                },
-                            ));
+                            return Err(conflict(kind, name));
                         }
                     }
                     patch::server_side_apply(
@@ -762,17 +791,7 @@ impl ResourceService {
                 Status::bad_request(format!("the patched object has an invalid shape: {e}"))
             })?;
             let explicit_rv = match &requested_rv {
-                Some(rv) if *rv != revision.to_string() => {
-                    return Err(store_status(
-                        kind,
-                        name,
-                        StoreError::Conflict {
-                            key: String::new(),
-                            expected: 0,
-                            actual: revision,
-                        },
-                    ))
-                }
+                Some(rv) if *rv != revision.to_string() => return Err(conflict(kind, name)),
                 Some(_) => patch_value.pointer("/metadata/resourceVersion").is_some(),
                 None => false,
             };
@@ -793,15 +812,7 @@ impl ResourceService {
                 other => return other,
             }
         }
-        Err(store_status(
-            kind,
-            name,
-            StoreError::Conflict {
-                key: String::new(),
-                expected: 0,
-                actual: 0,
-            },
-        ))
+        Err(conflict(kind, name))
     }
 
     /// Writes an already-validated object as is, conditionally on `revision`.
@@ -816,7 +827,7 @@ impl ResourceService {
             .store
             .commit(vec![Op::Update {
                 key: key(kind, &obj.metadata.namespace, &obj.metadata.name),
-                value: encode(&obj),
+                value: encode(&obj)?,
                 expected: Some(revision),
             }])
             .await
@@ -841,6 +852,23 @@ impl ResourceService {
         new.body
             .insert("spec".into(), serde_json::json!({"finalizers": finalizers}));
         let finished = new.metadata.deletion_timestamp.is_some() && Self::finalizers_done(&new);
+        if finished {
+            // A create that raced the namespace controller's sweep must not outlive the namespace.
+            for k in self.registry.all().iter().filter(|k| k.namespaced) {
+                let left = self
+                    .store
+                    .list(&prefix(k, Some(name)), None, Some(1))
+                    .await
+                    .map_err(|e| store_status(&kind, name, e))?;
+                if !left.items.is_empty() {
+                    return Err(Status::conflict(
+                        "namespaces",
+                        name,
+                        &format!("{} objects remain in the namespace", k.resource_name()),
+                    ));
+                }
+            }
+        }
         let op = if finished {
             Op::Delete {
                 key: key(&kind, "", name),
@@ -849,7 +877,7 @@ impl ResourceService {
         } else {
             Op::Update {
                 key: key(&kind, "", name),
-                value: encode(&new),
+                value: encode(&new)?,
                 expected: Some(revision),
             }
         };
@@ -953,16 +981,16 @@ impl ResourceService {
                 Err(s) => return Err(s),
             }
         }
-        Err(store_status(
-            kind,
-            name,
-            StoreError::Conflict {
-                key: String::new(),
-                expected: 0,
-                actual: 0,
-            },
-        ))
+        Err(conflict(kind, name))
     }
+}
+
+fn conflict(kind: &KindInfo, name: &str) -> Status {
+    Status::conflict(
+        &kind.resource_name(),
+        name,
+        "the object has been modified; please apply your changes to the latest version and try again",
+    )
 }
 
 fn manager(opts: &WriteOptions) -> &str {
@@ -1001,20 +1029,22 @@ fn apply_status(kind: &KindInfo, name: &str, e: patch::PatchError) -> Status {
     }
 }
 
-fn encode_continue(last_key: &str) -> String {
+fn encode_continue(revision: Revision, last_key: &str) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last_key)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{revision}:{last_key}"))
 }
 
-fn decode_continue(token: &str, prefix: &str) -> Result<String, Status> {
+fn decode_continue(token: &str, prefix: &str) -> Result<(Revision, String), Status> {
     use base64::Engine;
     let bad = || Status::bad_request(format!("invalid continue token {token:?}"));
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| bad())?;
-    let key = String::from_utf8(bytes).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (revision, key) = text.split_once(':').ok_or_else(bad)?;
+    let revision = revision.parse().map_err(|_| bad())?;
     if !key.starts_with(prefix) {
         return Err(bad());
     }
-    Ok(key)
+    Ok((revision, key.to_string()))
 }

@@ -121,6 +121,7 @@ pub async fn open(
             }
             let bookmark_at = Instant::now() + s.req.bookmark_interval;
             tokio::select! {
+                biased;
                 next = s.watch.next() => match next {
                     Some(Ok(event)) => s.on_event(event),
                     Some(Err(e)) => {
@@ -168,7 +169,7 @@ impl State {
         let object: Value = json!({
             "kind": self.kind.kind,
             "apiVersion": self.kind.api_version(),
-            "metadata": {"resourceVersion": self.last_revision.to_string()},
+            "metadata": {"resourceVersion": self.last_revision.max(self.watch.progress()).to_string()},
         });
         let mut bytes =
             serde_json::to_vec(&json!({"type": "BOOKMARK", "object": object})).unwrap_or_default();

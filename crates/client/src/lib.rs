@@ -425,10 +425,26 @@ impl Client {
         name: &str,
         propagation: &str,
     ) -> Result<Object, ClientError> {
-        let body = serde_json::to_vec(&serde_json::json!({
+        self.delete_with_uid(kind, namespace, name, propagation, None)
+            .await
+    }
+
+    /// Deletes an object only if it still has `uid` (not a namesake created since it was read).
+    pub async fn delete_with_uid(
+        &self,
+        kind: &KindInfo,
+        namespace: &str,
+        name: &str,
+        propagation: &str,
+        uid: Option<&str>,
+    ) -> Result<Object, ClientError> {
+        let mut options = serde_json::json!({
             "kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation
-        }))
-        .unwrap_or_default();
+        });
+        if let Some(uid) = uid {
+            options["preconditions"] = serde_json::json!({"uid": uid});
+        }
+        let body = serde_json::to_vec(&options).unwrap_or_default();
         into_object(
             self.call(
                 Method::DELETE,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use vmo_api::meta::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
 use vmo_api::{KindInfo, Object, Registry};
-use vmo_client::Client;
+use vmo_client::{Client, ClientError};
 
 /// Runs the garbage collector until the task is dropped.
 pub async fn run(client: Client, registry: Arc<Registry>) {
@@ -17,7 +17,6 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
     let caches: Vec<(KindInfo, Cache)> = registry
         .all()
         .iter()
-        .filter(|k| k.kind != "Event")
         .map(|k| (*k, informer::start(client.clone(), *k, changed.clone())))
         .collect();
     loop {
@@ -26,8 +25,8 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
         if caches.iter().all(|(_, c)| c.synced()) {
-            if let Err(e) = pass(&client, &registry, &caches).await {
-                tracing::warn!(error = %e, "garbage collection pass failed; will retry");
+            let failures = pass(&client, &registry, &caches).await;
+            if failures > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 changed.notify_one();
             }
@@ -39,11 +38,21 @@ fn has(o: &Object, finalizer: &str) -> bool {
     o.metadata.finalizers.iter().any(|f| f == finalizer)
 }
 
-async fn pass(
-    client: &Client,
-    registry: &Registry,
-    caches: &[(KindInfo, Cache)],
-) -> Result<(), vmo_client::ClientError> {
+/// Logs a failed step; 404 and 409 mean another writer got there first and the next pass decides.
+fn record(failures: &mut usize, what: &str, obj: &Object, r: Result<Object, ClientError>) {
+    match r {
+        Ok(_) => {}
+        Err(e) if e.is_not_found() || e.is_conflict() => {}
+        Err(e) => {
+            *failures += 1;
+            tracing::warn!(object = %obj.display_name(), error = %e, "garbage collector could not {what}");
+        }
+    }
+}
+
+/// One level-triggered pass over the caches; returns how many steps failed (retried soon).
+async fn pass(client: &Client, registry: &Registry, caches: &[(KindInfo, Cache)]) -> usize {
+    let mut failures = 0;
     let all: Vec<(KindInfo, Object)> = caches
         .iter()
         .flat_map(|(k, c)| c.list().into_iter().map(move |o| (*k, o)))
@@ -68,25 +77,32 @@ async fn pass(
         }
         let mut all_gone = true;
         for owner in &obj.metadata.owner_references {
-            if by_uid.contains_key(owner.uid.as_str())
-                || owner_exists(client, registry, obj, owner).await?
-            {
+            let exists = by_uid.contains_key(owner.uid.as_str())
+                || match owner_exists(client, registry, obj, owner).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(object = %obj.display_name(), error = %e, "cannot check an owner");
+                        true
+                    }
+                };
+            if exists {
                 all_gone = false;
                 break;
             }
         }
         if all_gone {
             tracing::info!(object = %obj.display_name(), kind = kind.kind, "deleting dependent whose owners are gone");
-            ignore_not_found(
-                client
-                    .delete(
-                        kind,
-                        &obj.metadata.namespace,
-                        &obj.metadata.name,
-                        "Background",
-                    )
-                    .await,
-            )?;
+            let r = client
+                .delete_with_uid(
+                    kind,
+                    &obj.metadata.namespace,
+                    &obj.metadata.name,
+                    "Background",
+                    Some(&obj.metadata.uid),
+                )
+                .await;
+            record(&mut failures, "delete a dependent", obj, r);
         }
     }
     // Owners being deleted in the foreground or orphaning.
@@ -94,43 +110,56 @@ async fn pass(
         if owner.metadata.deletion_timestamp.is_none() {
             continue;
         }
+        let orphaning = has(owner, ORPHAN_FINALIZER);
+        if !orphaning && !has(owner, FOREGROUND_FINALIZER) {
+            continue;
+        }
         let deps = dependents
             .get(owner.metadata.uid.as_str())
             .cloned()
             .unwrap_or_default();
-        if has(owner, ORPHAN_FINALIZER) {
-            for (dep_kind, dep) in &deps {
+        for (dep_kind, dep) in &deps {
+            // A dependent another live owner still holds only loses this owner's reference.
+            let other_live_owner = dep.metadata.owner_references.iter().any(|r| {
+                r.uid != owner.metadata.uid
+                    && by_uid
+                        .get(r.uid.as_str())
+                        .is_some_and(|o| o.metadata.deletion_timestamp.is_none())
+            });
+            if orphaning || other_live_owner {
                 let mut updated = dep.clone();
                 updated
                     .metadata
                     .owner_references
                     .retain(|r| r.uid != owner.metadata.uid);
-                ignore_not_found(client.update(dep_kind, &updated, None).await)?;
-            }
-            if deps.is_empty() {
-                remove_finalizer(client, kind, owner, ORPHAN_FINALIZER).await?;
-            }
-        } else if has(owner, FOREGROUND_FINALIZER) {
-            for (dep_kind, dep) in &deps {
-                if dep.metadata.deletion_timestamp.is_none() {
-                    ignore_not_found(
-                        client
-                            .delete(
-                                dep_kind,
-                                &dep.metadata.namespace,
-                                &dep.metadata.name,
-                                "Foreground",
-                            )
-                            .await,
-                    )?;
-                }
-            }
-            if deps.is_empty() {
-                remove_finalizer(client, kind, owner, FOREGROUND_FINALIZER).await?;
+                let r = client.update(dep_kind, &updated, None).await;
+                record(&mut failures, "remove an owner reference", dep, r);
+            } else if dep.metadata.deletion_timestamp.is_none() {
+                let r = client
+                    .delete_with_uid(
+                        dep_kind,
+                        &dep.metadata.namespace,
+                        &dep.metadata.name,
+                        "Foreground",
+                        Some(&dep.metadata.uid),
+                    )
+                    .await;
+                record(&mut failures, "delete a dependent", dep, r);
             }
         }
+        if deps.is_empty() {
+            let finalizer = if orphaning {
+                ORPHAN_FINALIZER
+            } else {
+                FOREGROUND_FINALIZER
+            };
+            let mut updated = owner.clone();
+            updated.metadata.finalizers.retain(|f| f != finalizer);
+            let r = client.update(kind, &updated, None).await;
+            record(&mut failures, "remove its finalizer", owner, r);
+        }
     }
-    Ok(())
+    failures
 }
 
 async fn owner_exists(
@@ -138,7 +167,7 @@ async fn owner_exists(
     registry: &Registry,
     dependent: &Object,
     owner: &vmo_api::meta::OwnerReference,
-) -> Result<bool, vmo_client::ClientError> {
+) -> Result<bool, ClientError> {
     let Some(kind) = registry.by_kind(&owner.api_version, &owner.kind) else {
         return Ok(false); // an owner of a kind vmo does not serve can never exist
     };
@@ -150,27 +179,6 @@ async fn owner_exists(
     match client.get(kind, namespace, &owner.name).await {
         Ok(found) => Ok(found.metadata.uid == owner.uid),
         Err(e) if e.is_not_found() => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-async fn remove_finalizer(
-    client: &Client,
-    kind: &KindInfo,
-    obj: &Object,
-    finalizer: &str,
-) -> Result<(), vmo_client::ClientError> {
-    let mut updated = obj.clone();
-    updated.metadata.finalizers.retain(|f| f != finalizer);
-    ignore_not_found(client.update(kind, &updated, None).await)
-}
-
-fn ignore_not_found<T>(
-    r: Result<T, vmo_client::ClientError>,
-) -> Result<(), vmo_client::ClientError> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
         Err(e) => Err(e),
     }
 }

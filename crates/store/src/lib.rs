@@ -113,6 +113,11 @@ pub enum StoreError {
         requested: Revision,
         compacted: Revision,
     },
+    #[error("revision {requested} is newer than the store's latest, {current}")]
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     #[error("a transaction may write each key once; {key} appears twice")]
     DuplicateKey { key: String },
     #[error("the store is closed")]
@@ -150,4 +155,7 @@ pub trait Store: Send + Sync + 'static {
 #[async_trait]
 pub trait Watch: Send {
     async fn next(&mut self) -> Option<Result<Event, StoreError>>;
+    /// The revision up to which every change has been seen (delivered, or filtered out as not under
+    /// the prefix): what a bookmark may report once the delivered events are consumed.
+    fn progress(&self) -> Revision;
 }

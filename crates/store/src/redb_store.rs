@@ -30,7 +30,9 @@ const META_COMPACTED: &str = "compacted";
 /// Most transactions folded into one group commit.
 const MAX_BATCH: usize = 512;
 /// Batches buffered for watchers before a slow one must catch up from history.
-const BROADCAST_CAPACITY: usize = 4096;
+const BROADCAST_CAPACITY: usize = 1024;
+/// redb's page cache; the default (1 GiB) is far more than a control plane needs.
+const CACHE_BYTES: usize = 64 << 20;
 
 enum Request {
     Commit {
@@ -80,13 +82,16 @@ fn backend<E: std::fmt::Display>(e: E) -> StoreError {
 impl RedbStore {
     /// Opens (or creates) the store file. Fails if another process has it open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
-                "{} is already open in another process",
-                path.display()
-            )),
-            other => StoreError::Backend(format!("opening {}: {other}", path.display())),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                    "{} is already open in another process",
+                    path.display()
+                )),
+                other => StoreError::Backend(format!("opening {}: {other}", path.display())),
+            })?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(OBJECTS).map_err(backend)?;
@@ -184,10 +189,7 @@ type Reply = oneshot::Sender<Result<Committed, StoreError>>;
 type BatchOutcome = (Vec<Result<Committed, StoreError>>, Vec<Event>);
 
 /// Applies every transaction of the batch in one redb write transaction with one fsync.
-fn commit_batch(
-    db: &Database,
-    commits: &[(Vec<Op>, Reply)],
-) -> Result<BatchOutcome, StoreError> {
+fn commit_batch(db: &Database, commits: &[(Vec<Op>, Reply)]) -> Result<BatchOutcome, StoreError> {
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(Durability::Immediate);
     let mut results = Vec::with_capacity(commits.len());
@@ -441,7 +443,13 @@ impl Store for RedbStore {
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>, StoreError> {
         let live = self.inner.events.subscribe();
-        let (history, _) = read_history(&self.inner.db, prefix, after)?;
+        let (history, current) = read_history(&self.inner.db, prefix, after)?;
+        if after > current {
+            return Err(StoreError::FutureRevision {
+                requested: after,
+                current,
+            });
+        }
         let mut watch = RedbWatch {
             inner: self.inner.clone(),
             prefix: prefix.to_string(),
@@ -449,7 +457,7 @@ impl Store for RedbStore {
             backlog: VecDeque::new(),
             queued: after,
         };
-        watch.enqueue(history.iter());
+        watch.enqueue(history.iter(), current);
         Ok(Box::new(watch))
     }
 
@@ -479,15 +487,19 @@ struct RedbWatch {
 }
 
 impl RedbWatch {
-    fn enqueue<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
+    /// Queues the events under the prefix newer than what is queued, and records `seen_up_to` (the
+    /// highest revision these events cover, matching or not) as progress.
+    fn enqueue<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>, seen_up_to: Revision) {
         let mut highest = self.queued;
         for event in events {
-            if event.revision() > self.queued && event.kv.key.starts_with(&self.prefix) {
+            if event.revision() > self.queued {
                 highest = highest.max(event.revision());
-                self.backlog.push_back(event.clone());
+                if event.kv.key.starts_with(&self.prefix) {
+                    self.backlog.push_back(event.clone());
+                }
             }
         }
-        self.queued = highest;
+        self.queued = highest.max(seen_up_to);
     }
 }
 
@@ -499,15 +511,22 @@ impl Watch for RedbWatch {
                 return Some(Ok(event));
             }
             match self.live.recv().await {
-                Ok(batch) => self.enqueue(batch.iter()),
+                Ok(batch) => self.enqueue(batch.iter(), 0),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     match read_history(&self.inner.db, &self.prefix, self.queued) {
-                        Ok((events, _)) => self.enqueue(events.iter()),
+                        Ok((events, current)) => self.enqueue(events.iter(), current),
                         Err(e) => return Some(Err(e)),
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
+        }
+    }
+
+    fn progress(&self) -> Revision {
+        match self.backlog.front() {
+            Some(next) => next.revision() - 1,
+            None => self.queued,
         }
     }
 }
