@@ -6,17 +6,56 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// An API object of any kind. `spec`, `status`, `data` and unknown fields live in `body`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialization is written by hand: serde's `flatten` buffers every field through an intermediate
+/// representation, which made decoding the hottest path of the API server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Object {
-    #[serde(default)]
     pub api_version: String,
-    #[serde(default)]
     pub kind: String,
-    #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(flatten)]
     pub body: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for Object {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Object;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object with apiVersion, kind and metadata")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Object, A::Error> {
+                let mut obj = Object::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "apiVersion" => {
+                            obj.api_version =
+                                map.next_value::<Option<String>>()?.unwrap_or_default()
+                        }
+                        "kind" => {
+                            obj.kind = map.next_value::<Option<String>>()?.unwrap_or_default()
+                        }
+                        "metadata" => {
+                            obj.metadata =
+                                map.next_value::<Option<ObjectMeta>>()?.unwrap_or_default()
+                        }
+                        _ => {
+                            let value = map.next_value::<Value>()?;
+                            obj.body.insert(key, value);
+                        }
+                    }
+                }
+                Ok(obj)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
 }
 
 impl Object {
@@ -39,9 +78,29 @@ impl Object {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
-    /// Builds from a JSON value; fails when metadata has the wrong shape.
+    /// Builds from a JSON value, moving its fields; fails when metadata has the wrong shape.
     pub fn from_value(value: Value) -> Result<Self, serde_json::Error> {
-        serde_json::from_value(value)
+        let Value::Object(mut map) = value else {
+            return serde_json::from_value(value);
+        };
+        let text = |v: Option<Value>| -> Result<String, serde_json::Error> {
+            match v {
+                None | Some(Value::Null) => Ok(String::new()),
+                Some(other) => serde_json::from_value(other),
+            }
+        };
+        let api_version = text(map.shift_remove("apiVersion"))?;
+        let kind = text(map.shift_remove("kind"))?;
+        let metadata = match map.shift_remove("metadata") {
+            None | Some(Value::Null) => ObjectMeta::default(),
+            Some(m) => serde_json::from_value(m)?,
+        };
+        Ok(Self {
+            api_version,
+            kind,
+            metadata,
+            body: map,
+        })
     }
 
     /// `spec`, or `null`.

@@ -60,6 +60,7 @@ pub struct ApiServer {
     service: ResourceService,
     auth: Authenticator,
     settings: ServerSettings,
+    watch_lines: Arc<watch::LineCache>,
 }
 
 fn json_response(code: u16, value: &impl serde::Serialize) -> Response<Body> {
@@ -90,6 +91,7 @@ impl ApiServer {
             service: ResourceService::new(store, Arc::new(Registry::builtin())),
             auth,
             settings,
+            watch_lines: Arc::default(),
         })
     }
 
@@ -405,6 +407,7 @@ impl ApiServer {
             bookmark_interval: self.settings.bookmark_interval,
             timeout: timeout.min(self.settings.max_watch),
             as_table,
+            lines: self.watch_lines.clone(),
         };
         let events = watch::open(&self.service, kind, request).await?;
         let body = StreamBody::new(events.map(|b| Ok::<_, Infallible>(Frame::data(b))));

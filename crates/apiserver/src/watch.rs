@@ -10,11 +10,44 @@ use crate::service::{decode, prefix, store_status, ListOptions, ResourceService}
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use vmo_api::{KindInfo, Object, Status};
 use vmo_store::{EventKind, Revision, Watch};
+
+/// Encoded watch lines shared by every watcher of a kind: with many watchers, each event is decoded
+/// and encoded once instead of once per watcher.
+#[derive(Debug, Default)]
+pub struct LineCache {
+    inner: std::sync::Mutex<(HashMap<LineKey, Bytes>, VecDeque<LineKey>)>,
+}
+
+type LineKey = (Revision, String, &'static str, bool);
+
+/// Lines kept; enough for every watcher to catch up on a burst of writes.
+const LINE_CACHE_ENTRIES: usize = 4096;
+
+impl LineCache {
+    fn get_or_encode(&self, key: LineKey, encode: impl FnOnce() -> Option<Bytes>) -> Option<Bytes> {
+        if let Some(found) = self.inner.lock().ok().and_then(|c| c.0.get(&key).cloned()) {
+            return Some(found);
+        }
+        let bytes = encode()?;
+        if let Ok(mut cache) = self.inner.lock() {
+            if cache.0.insert(key.clone(), bytes.clone()).is_none() {
+                cache.1.push_back(key);
+            }
+            while cache.1.len() > LINE_CACHE_ENTRIES {
+                if let Some(old) = cache.1.pop_front() {
+                    cache.0.remove(&old);
+                }
+            }
+        }
+        Some(bytes)
+    }
+}
 
 /// What a client asked to watch.
 #[derive(Debug, Clone)]
@@ -27,6 +60,8 @@ pub struct WatchRequest {
     pub timeout: Duration,
     /// Send each object as a one-row Table (kubectl's `get --watch`).
     pub as_table: bool,
+    /// Lines already encoded for other watchers.
+    pub lines: Arc<LineCache>,
 }
 
 struct State {
@@ -142,27 +177,45 @@ pub async fn open(
 impl State {
     fn on_event(&mut self, event: vmo_store::Event) {
         self.last_revision = event.revision();
-        let Ok(current) = decode(&event.kv) else {
-            return;
+        let unfiltered = self.req.list.label_selector.is_empty()
+            && self.req.list.field_selector.requirements.is_empty();
+        let event_type = if unfiltered {
+            match (event.kind, &event.prev) {
+                (EventKind::Delete, _) => "DELETED",
+                (EventKind::Put, None) => "ADDED",
+                (EventKind::Put, Some(_)) => "MODIFIED",
+            }
+        } else {
+            let matches = |kv: &vmo_store::KeyValue| {
+                decode(kv).is_ok_and(|o| ResourceService::selected(&o, &self.req.list))
+            };
+            let previous_matched = event.prev.as_ref().is_some_and(matches);
+            match event.kind {
+                EventKind::Delete if previous_matched => "DELETED",
+                EventKind::Delete => return,
+                EventKind::Put => match (previous_matched, matches(&event.kv)) {
+                    (true, true) => "MODIFIED",
+                    (false, true) => "ADDED",
+                    (true, false) => "DELETED",
+                    (false, false) => return,
+                },
+            }
         };
-        let matches = |o: &Object| ResourceService::selected(o, &self.req.list);
-        let previous_matched = event
-            .prev
-            .as_ref()
-            .and_then(|p| decode(p).ok())
-            .is_some_and(|p| matches(&p));
-        let event_type = match event.kind {
-            EventKind::Delete if previous_matched => "DELETED",
-            EventKind::Delete => return,
-            EventKind::Put => match (previous_matched, matches(&current)) {
-                (true, true) => "MODIFIED",
-                (false, true) => "ADDED",
-                (true, false) => "DELETED",
-                (false, false) => return,
-            },
-        };
-        self.pending
-            .push_back(line(&self.kind, event_type, &current, self.req.as_table));
+        let key = (
+            event.revision(),
+            event.kv.key.clone(),
+            event_type,
+            self.req.as_table,
+        );
+        let (kind, as_table) = (&self.kind, self.req.as_table);
+        let encoded = self.req.lines.get_or_encode(key, || {
+            decode(&event.kv)
+                .ok()
+                .map(|o| line(kind, event_type, &o, as_table))
+        });
+        if let Some(bytes) = encoded {
+            self.pending.push_back(bytes);
+        }
     }
 
     fn bookmark(&self) -> Bytes {

@@ -17,7 +17,12 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
     let caches: Vec<(KindInfo, Cache)> = registry
         .all()
         .iter()
-        .map(|k| (*k, informer::start(client.clone(), *k, changed.clone())))
+        .map(|k| {
+            (
+                *k,
+                informer::start(client.clone(), *k, changed.clone(), relevant),
+            )
+        })
         .collect();
     loop {
         tokio::select! {
@@ -32,6 +37,16 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
             }
         }
     }
+}
+
+/// The collector acts on dependents, on owners being deleted, and when anything disappears.
+fn relevant(event: &str, o: &Object) -> bool {
+    event == "DELETED" || involved(o)
+}
+
+/// Objects a pass looks at: dependents and objects being deleted.
+fn involved(o: &Object) -> bool {
+    !o.metadata.owner_references.is_empty() || o.metadata.deletion_timestamp.is_some()
 }
 
 fn has(o: &Object, finalizer: &str) -> bool {
@@ -55,12 +70,9 @@ async fn pass(client: &Client, registry: &Registry, caches: &[(KindInfo, Cache)]
     let mut failures = 0;
     let all: Vec<(KindInfo, Object)> = caches
         .iter()
-        .flat_map(|(k, c)| c.list().into_iter().map(move |o| (*k, o)))
+        .flat_map(|(k, c)| c.select(involved).into_iter().map(move |o| (*k, o)))
         .collect();
-    let by_uid: HashMap<&str, &Object> = all
-        .iter()
-        .map(|(_, o)| (o.metadata.uid.as_str(), o))
-        .collect();
+    let lookup = |uid: &str| caches.iter().find_map(|(_, c)| c.get_by_uid(uid));
     let mut dependents: HashMap<&str, Vec<&(KindInfo, Object)>> = HashMap::new();
     for entry in &all {
         for owner in &entry.1.metadata.owner_references {
@@ -77,7 +89,7 @@ async fn pass(client: &Client, registry: &Registry, caches: &[(KindInfo, Cache)]
         }
         let mut all_gone = true;
         for owner in &obj.metadata.owner_references {
-            let exists = by_uid.contains_key(owner.uid.as_str())
+            let exists = lookup(&owner.uid).is_some()
                 || match owner_exists(client, registry, obj, owner).await {
                     Ok(found) => found,
                     Err(e) => {
@@ -122,9 +134,7 @@ async fn pass(client: &Client, registry: &Registry, caches: &[(KindInfo, Cache)]
             // A dependent another live owner still holds only loses this owner's reference.
             let other_live_owner = dep.metadata.owner_references.iter().any(|r| {
                 r.uid != owner.metadata.uid
-                    && by_uid
-                        .get(r.uid.as_str())
-                        .is_some_and(|o| o.metadata.deletion_timestamp.is_none())
+                    && lookup(&r.uid).is_some_and(|o| o.metadata.deletion_timestamp.is_none())
             });
             if orphaning || other_live_owner {
                 let mut updated = dep.clone();

@@ -1,32 +1,82 @@
 //! A list-then-watch cache of one kind, kept current from the API server. On a 410 (history
-//! compacted) or a broken stream it lists again; it wakes its controller on every change.
+//! compacted) or a broken stream it lists again. It wakes its controller only for changes the
+//! controller declared relevant, so a busy kind does not make an idle controller spin.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use vmo_api::{KindInfo, Object};
 use vmo_client::Client;
 
-/// The cached objects of one kind, keyed by `namespace/name`.
+/// Decides whether a change (`"ADDED"`, `"MODIFIED"`, `"DELETED"`) should wake the controller.
+pub type Relevance = fn(&str, &Object) -> bool;
+
+/// Every change is relevant.
+pub fn every_change(_: &str, _: &Object) -> bool {
+    true
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    /// `namespace/name` -> object.
+    objects: HashMap<String, Object>,
+    /// uid -> `namespace/name`.
+    uids: HashMap<String, String>,
+}
+
+impl Index {
+    fn insert(&mut self, obj: Object) {
+        let key = cache_key(&obj);
+        if let Some(old) = self.objects.get(&key) {
+            self.uids.remove(&old.metadata.uid);
+        }
+        self.uids.insert(obj.metadata.uid.clone(), key.clone());
+        self.objects.insert(key, obj);
+    }
+
+    fn remove(&mut self, obj: &Object) {
+        if let Some(old) = self.objects.remove(&cache_key(obj)) {
+            self.uids.remove(&old.metadata.uid);
+        }
+    }
+}
+
+/// The cached objects of one kind.
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
-    objects: Arc<RwLock<HashMap<String, Object>>>,
-    synced: Arc<std::sync::atomic::AtomicBool>,
+    index: Arc<RwLock<Index>>,
+    synced: Arc<AtomicBool>,
 }
 
 impl Cache {
-    /// A snapshot of every cached object.
+    /// A copy of every cached object.
     pub fn list(&self) -> Vec<Object> {
-        self.objects
+        self.select(|_| true)
+    }
+
+    /// Copies of the cached objects that pass `filter` (the others are not copied).
+    pub fn select(&self, filter: impl Fn(&Object) -> bool) -> Vec<Object> {
+        self.index
             .read()
-            .map(|m| m.values().cloned().collect())
+            .map(|i| i.objects.values().filter(|o| filter(o)).cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The cached object with this uid.
+    pub fn get_by_uid(&self, uid: &str) -> Option<Object> {
+        let index = self.index.read().ok()?;
+        index
+            .uids
+            .get(uid)
+            .and_then(|k| index.objects.get(k))
+            .cloned()
     }
 
     /// True once the first list has completed.
     pub fn synced(&self) -> bool {
-        self.synced.load(std::sync::atomic::Ordering::Acquire)
+        self.synced.load(Ordering::Acquire)
     }
 }
 
@@ -34,13 +84,13 @@ fn cache_key(o: &Object) -> String {
     format!("{}/{}", o.metadata.namespace, o.metadata.name)
 }
 
-/// Starts keeping `kind` cached; `changed` is notified after every change.
-pub fn start(client: Client, kind: KindInfo, changed: Arc<Notify>) -> Cache {
+/// Starts keeping `kind` cached; `changed` is notified after each relevant change.
+pub fn start(client: Client, kind: KindInfo, changed: Arc<Notify>, relevant: Relevance) -> Cache {
     let cache = Cache::default();
     let task_cache = cache.clone();
     tokio::spawn(async move {
         loop {
-            if let Err(e) = run(&client, &kind, &task_cache, &changed).await {
+            if let Err(e) = run(&client, &kind, &task_cache, &changed, relevant).await {
                 tracing::debug!(kind = kind.kind, error = %e, "informer restarting");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -54,25 +104,26 @@ async fn run(
     kind: &KindInfo,
     cache: &Cache,
     changed: &Notify,
+    relevant: Relevance,
 ) -> Result<(), vmo_client::ClientError> {
     let list = client.list(kind, None, "").await?;
     {
-        let mut objects = cache.objects.write().expect("cache lock");
-        objects.clear();
+        let mut index = cache.index.write().expect("cache lock");
+        *index = Index::default();
         for o in list.items {
-            objects.insert(cache_key(&o), o);
+            index.insert(o);
         }
     }
-    cache
-        .synced
-        .store(true, std::sync::atomic::Ordering::Release);
+    cache.synced.store(true, Ordering::Release);
     changed.notify_one();
-    let mut rv = list.metadata.resource_version;
     let mut watch = client
         .watch(
             kind,
             None,
-            &format!("resourceVersion={rv}&allowWatchBookmarks=true"),
+            &format!(
+                "resourceVersion={}&allowWatchBookmarks=true",
+                list.metadata.resource_version
+            ),
         )
         .await?;
     while let Some(event) = watch.next().await {
@@ -83,26 +134,22 @@ async fn run(
         let Ok(obj) = Object::from_value(event.object) else {
             continue;
         };
-        rv = obj.metadata.resource_version.clone();
-        match event.event_type.as_str() {
+        let wake = match event.event_type.as_str() {
             "ADDED" | "MODIFIED" => {
-                cache
-                    .objects
-                    .write()
-                    .expect("cache lock")
-                    .insert(cache_key(&obj), obj);
+                let wake = relevant(&event.event_type, &obj);
+                cache.index.write().expect("cache lock").insert(obj);
+                wake
             }
             "DELETED" => {
-                cache
-                    .objects
-                    .write()
-                    .expect("cache lock")
-                    .remove(&cache_key(&obj));
+                let wake = relevant(&event.event_type, &obj);
+                cache.index.write().expect("cache lock").remove(&obj);
+                wake
             }
-            _ => continue, // BOOKMARK
+            _ => false, // BOOKMARK
+        };
+        if wake {
+            changed.notify_one();
         }
-        changed.notify_one();
     }
-    let _ = rv;
     Ok(())
 }

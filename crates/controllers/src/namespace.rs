@@ -16,7 +16,12 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
     let ns_kind = *registry
         .resolve("namespaces")
         .expect("namespaces are registered");
-    let namespaces = informer::start(client.clone(), ns_kind, changed.clone());
+    let namespaces = informer::start(
+        client.clone(),
+        ns_kind,
+        changed.clone(),
+        informer::every_change,
+    );
     loop {
         tokio::select! {
             _ = changed.notified() => {}

@@ -18,6 +18,9 @@ const WATCHERS: usize = 100;
 const WATCHED_WRITES: usize = 300;
 const WRITE_INTERVAL: Duration = Duration::from_millis(10);
 
+/// When each watched object's create was sent, and when it was acknowledged.
+type SendTimes = HashMap<String, (Instant, Option<Instant>)>;
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -79,7 +82,7 @@ async fn watch_latency(up: &VmoProcess) -> (Vec<Duration>, Vec<Duration>) {
         )
         .await
         .unwrap();
-    let sent: Arc<Mutex<HashMap<String, (Instant, Option<Instant>)>>> = Arc::default();
+    let sent: Arc<Mutex<SendTimes>> = Arc::default();
     let start_rv = writer
         .list(&vm, Some("watched"), "")
         .await
@@ -137,6 +140,26 @@ async fn watch_latency(up: &VmoProcess) -> (Vec<Duration>, Vec<Duration>) {
     (from_send, from_ack)
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    ticks / 100.0
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -156,13 +179,18 @@ fn main() {
     runtime.block_on(async {
         let dir = KeptDir::new("vmo-bench-");
         let up = VmoProcess::start(Path::new(env!("CARGO_BIN_EXE_vmo")), &dir.path().join("data")).await;
+        let cpu_before = cpu_seconds(up.pid());
+        let wall = Instant::now();
         let (rate, latencies) = creates(&up).await;
+        let server_cpu = (cpu_seconds(up.pid()) - cpu_before) / wall.elapsed().as_secs_f64();
+        let own_cpu = cpu_seconds(std::process::id()) / wall.elapsed().as_secs_f64();
         let (from_send, from_ack) = watch_latency(&up).await;
         let rss = rss_kib(up.pid());
         println!("| measurement | result | target |");
         println!("|---|---|---|");
         println!("| VirtualMachine creates over HTTPS, {CLIENTS} concurrent clients, {} creates | {rate:.0} creates/s | >= 1,000 creates/s |", CLIENTS * CREATES_PER_CLIENT);
         println!("| create latency P50 / P99 | {} / {} | - |", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99)));
+        println!("| cores busy during the creates: `vmo up` / the benchmark's 16 clients | {server_cpu:.2} / {own_cpu:.2} | - |");
         println!("| watch delivery, {WATCHERS} watchers x {WATCHED_WRITES} creates, request sent -> event received, P50 / P99 | {} / {} | P99 <= 50 ms |", ms(percentile(&from_send, 0.5)), ms(percentile(&from_send, 0.99)));
         println!("| watch delivery, write acknowledged -> event received, P50 / P99 | {} / {} | - |", ms(percentile(&from_ack, 0.5)), ms(percentile(&from_ack, 0.99)));
         println!("| `vmo up` resident memory after the run ({} objects) | {:.1} MiB | - |", CLIENTS * CREATES_PER_CLIENT + WATCHED_WRITES + CLIENTS, rss as f64 / 1024.0);

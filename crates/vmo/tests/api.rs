@@ -968,9 +968,15 @@ async fn writes_that_change_nothing_take_no_revision() {
     let first = s.client.apply(&cm, &manifest, "me", false).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let again = s.client.apply(&cm, &manifest, "me", false).await.unwrap();
-    assert_eq!(first.metadata.resource_version, again.metadata.resource_version);
+    assert_eq!(
+        first.metadata.resource_version,
+        again.metadata.resource_version
+    );
     let put = s.client.update(&cm, &again, None).await.unwrap();
-    assert_eq!(put.metadata.resource_version, again.metadata.resource_version);
+    assert_eq!(
+        put.metadata.resource_version,
+        again.metadata.resource_version
+    );
 }
 
 #[tokio::test]
@@ -978,20 +984,38 @@ async fn malformed_patches_are_refused_not_crashed_on() {
     let s = TestServer::start().await;
     let path = "/api/v1/namespaces/default/configmaps/new?fieldManager=me";
     for body in [&br#"{"metadata":"x"}"#[..], b"[1]", b"42"] {
-        let status = api_error(raw(&s.client, Method::PATCH, path, "application/apply-patch+yaml", body.to_vec()).await);
+        let status = api_error(
+            raw(
+                &s.client,
+                Method::PATCH,
+                path,
+                "application/apply-patch+yaml",
+                body.to_vec(),
+            )
+            .await,
+        );
         assert_eq!(status.code, 400, "{}", String::from_utf8_lossy(body));
     }
     let status = api_error(raw(&s.client, Method::PATCH, path, "text/plain", b"{}".to_vec()).await);
     assert_eq!(status.code, 415);
     // The server still answers.
-    assert!(s.client.get_json("/api/v1/namespaces/default").await.is_ok());
+    assert!(s
+        .client
+        .get_json("/api/v1/namespaces/default")
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
 async fn a_watch_from_the_future_is_refused() {
     let s = TestServer::start().await;
     let cm = s.kind("cm");
-    let status = api_error(s.client.watch(&cm, Some("default"), "resourceVersion=999999").await.map(|_| ()));
+    let status = api_error(
+        s.client
+            .watch(&cm, Some("default"), "resourceVersion=999999")
+            .await
+            .map(|_| ()),
+    );
     assert_eq!(status.code, 504);
     assert!(status.message.contains("Too large resource version"));
 }
@@ -1001,19 +1025,43 @@ async fn foreground_deletion_keeps_dependents_another_owner_holds() {
     let s = TestServer::start_with_controllers().await;
     let cm = s.kind("cm");
     let vm = s.kind("vm");
-    let a = s.client.create(&vm, "default", &vm_manifest("owner-a")).await.unwrap();
-    let b = s.client.create(&vm, "default", &vm_manifest("owner-b")).await.unwrap();
+    let a = s
+        .client
+        .create(&vm, "default", &vm_manifest("owner-a"))
+        .await
+        .unwrap();
+    let b = s
+        .client
+        .create(&vm, "default", &vm_manifest("owner-b"))
+        .await
+        .unwrap();
     let mut shared = owned_by(&a, "shared");
     let second = owned_by(&b, "x")["metadata"]["ownerReferences"][0].clone();
-    shared["metadata"]["ownerReferences"].as_array_mut().unwrap().push(second);
+    shared["metadata"]["ownerReferences"]
+        .as_array_mut()
+        .unwrap()
+        .push(second);
     s.client.create(&cm, "default", &shared).await.unwrap();
-    s.client.delete(&vm, "default", "owner-a", "Foreground").await.unwrap();
+    s.client
+        .delete(&vm, "default", "owner-a", "Foreground")
+        .await
+        .unwrap();
     let dep = wait_for("owner-a gone, shared kept", WAIT, || async {
-        let gone = s.client.get(&vm, "default", "owner-a").await.err().is_some_and(|e| e.is_not_found());
+        let gone = s
+            .client
+            .get(&vm, "default", "owner-a")
+            .await
+            .err()
+            .is_some_and(|e| e.is_not_found());
         let dep = s.client.get(&cm, "default", "shared").await.ok()?;
         gone.then_some(dep)
     })
     .await;
-    let owners: Vec<&str> = dep.metadata.owner_references.iter().map(|r| r.name.as_str()).collect();
+    let owners: Vec<&str> = dep
+        .metadata
+        .owner_references
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     assert_eq!(owners, ["owner-b"]);
 }
