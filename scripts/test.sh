@@ -13,6 +13,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
+# Debian's own kubectl (kubernetes-client 1.20), unpacked beside the build, so the kubectl tests run
+# against it as well as against any newer kubectl on PATH.
+debian_kubectl=target/tools/kubernetes-client/usr/bin/kubectl
+if [ ! -x "$debian_kubectl" ]; then
+    echo "== unpacking Debian's kubernetes-client"
+    mkdir -p target/tools
+    (cd target/tools && rm -f kubernetes-client_*.deb && apt-get download kubernetes-client >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 || sudo apt-get update -qq; apt-get download kubernetes-client; })
+    dpkg -x target/tools/kubernetes-client_*.deb target/tools/kubernetes-client
+fi
+export VMO_EXTRA_KUBECTL="$PWD/$debian_kubectl"
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "== installing cargo-nextest"
     cargo install --locked cargo-nextest

@@ -174,7 +174,7 @@ impl Status {
                 .iter()
                 .map(|e| StatusCause {
                     reason: e.kind.reason().into(),
-                    message: e.to_string(),
+                    message: e.body(),
                     field: e.path.clone(),
                 })
                 .collect(),
@@ -278,6 +278,17 @@ impl FieldError {
             kind: FieldErrorKind::Forbidden,
             detail: detail.into(),
         }
+    }
+}
+
+impl FieldError {
+    /// The message without the field path (`Invalid value: "12QB": ...`), as a `StatusCause` carries
+    /// it next to its `field`.
+    pub fn body(&self) -> String {
+        let full = self.to_string();
+        full.strip_prefix(&format!("{}: ", self.path))
+            .map(str::to_string)
+            .unwrap_or(full)
     }
 }
 

@@ -210,3 +210,35 @@ fn fnv(s: &str) -> u64 {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
 }
+
+/// `/openapi/v2`: a Swagger 2.0 document with no schemas. kubectl up to 1.26 downloads it before
+/// `apply` and validates client-side only the kinds it finds there; with none listed it leaves
+/// validation to the server, which checks every field (see the v3 documents).
+pub fn v2_document(protobuf: bool) -> (Vec<u8>, &'static str) {
+    if protobuf {
+        // gnostic's openapi_v2.Document: field 1 (swagger) = "2.0", field 2 (info) = {title, version}.
+        // Sent as octet-stream: Go's media-type parser rejects the '@' of the type kubectl asks for.
+        let version = env!("CARGO_PKG_VERSION").as_bytes();
+        let mut info = vec![0x0a, 3];
+        info.extend_from_slice(b"vmo");
+        info.push(0x12);
+        info.push(version.len() as u8);
+        info.extend_from_slice(version);
+        let mut doc = vec![0x0a, 3];
+        doc.extend_from_slice(b"2.0");
+        doc.push(0x12);
+        doc.push(info.len() as u8);
+        doc.extend_from_slice(&info);
+        (doc, "application/octet-stream")
+    } else {
+        let doc = json!({
+            "swagger": "2.0",
+            "info": {"title": "vmo", "version": env!("CARGO_PKG_VERSION")},
+            "paths": {},
+        });
+        (
+            serde_json::to_vec(&doc).unwrap_or_default(),
+            "application/json",
+        )
+    }
+}

@@ -12,6 +12,7 @@ pub enum Route {
     Groups,
     Group(String),
     Resources { group: String, version: String },
+    OpenApiV2,
     OpenApiV3Root,
     OpenApiV3 { group_version: String },
     Resource(ResourcePath),
@@ -45,6 +46,7 @@ pub fn parse(path: &str) -> Route {
         ["api"] => Route::CoreVersions,
         ["apis"] => Route::Groups,
         ["apis", group] => Route::Group(group.to_string()),
+        ["openapi", "v2"] => Route::OpenApiV2,
         ["openapi", "v3"] => Route::OpenApiV3Root,
         ["openapi", "v3", rest @ ..] => Route::OpenApiV3 {
             group_version: rest.join("/"),

@@ -211,6 +211,19 @@ impl ApiServer {
                 }
             }
             Route::OpenApiV3Root => json_response(200, &openapi::root(registry)),
+            Route::OpenApiV2 => {
+                let protobuf = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|a| a.contains("protobuf"));
+                let (body, content_type) = openapi::v2_document(protobuf);
+                Response::builder()
+                    .status(200)
+                    .header(header::CONTENT_TYPE, content_type)
+                    .body(Full::new(Bytes::from(body)).boxed_unsync())
+                    .expect("valid response")
+            }
             Route::OpenApiV3 { group_version } => {
                 let (group, version) = match group_version.split('/').collect::<Vec<_>>().as_slice()
                 {

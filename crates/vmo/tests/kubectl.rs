@@ -5,29 +5,52 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use vmo_testkit::{run_with_input, KeptDir, VmoProcess};
 
-fn kubectl() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("kubectl"))
-            .find(|p| {
-                Command::new(p)
-                    .args(["version", "--client"])
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            })
-    })
+fn runs(p: &Path) -> bool {
+    Command::new(p)
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Every kubectl to test with: the one on PATH, and `VMO_EXTRA_KUBECTL` (the test script unpacks
+/// Debian's kubernetes-client there, an older kubectl that still uses OpenAPI v2).
+fn kubectls() -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("kubectl"))
+                .find(|p| runs(p))
+        })
+        .into_iter()
+        .collect();
+    if let Some(extra) = std::env::var_os("VMO_EXTRA_KUBECTL").map(PathBuf::from) {
+        assert!(
+            runs(&extra),
+            "VMO_EXTRA_KUBECTL={} does not run",
+            extra.display()
+        );
+        found.push(extra);
+    }
+    found
 }
 
 #[tokio::test]
 async fn kubectl_applies_gets_and_deletes_a_virtual_machine() {
-    let Some(kubectl) = kubectl() else {
+    let found = kubectls();
+    if found.is_empty() {
         if std::env::var_os("VMO_REQUIRE_KUBECTL").is_some() {
             panic!("kubectl is required (VMO_REQUIRE_KUBECTL is set) but not on PATH");
         }
         eprintln!("SKIPPED: kubectl is not installed; the test script installs Debian's kubernetes-client");
         return;
-    };
-    let version = Command::new(&kubectl)
+    }
+    for kubectl in found {
+        round_trip(&kubectl).await;
+    }
+}
+
+async fn round_trip(kubectl: &Path) {
+    let version = Command::new(kubectl)
         .args(["version", "--client"])
         .output()
         .unwrap();
