@@ -70,7 +70,7 @@ async fn round_trip(kubectl: &Path) {
     .await;
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/vm-demo.yaml");
     let run =
-        |args: &[&str], input: Option<&str>| run_with_input(&kubectl, &up.kubeconfig, args, input);
+        |args: &[&str], input: Option<&str>| run_with_input(kubectl, &up.kubeconfig, args, input);
 
     let (success, out, err) = run(&["apply", "-f", manifest.to_str().unwrap()], None);
     assert!(success, "kubectl apply: {out}{err}");
