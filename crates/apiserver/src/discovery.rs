@@ -85,11 +85,7 @@ pub fn group(registry: &Registry, name: &str) -> Option<Value> {
 
 /// `/api/v1` or `/apis/GROUP/VERSION`, or `None` when nothing is served there.
 pub fn resources(registry: &Registry, group: &str, version: &str) -> Option<Value> {
-    let kinds: Vec<_> = registry
-        .all()
-        .iter()
-        .filter(|k| k.group == group && k.version == version)
-        .collect();
+    let kinds = registry.in_group_version(group, version);
     if kinds.is_empty() {
         return None;
     }

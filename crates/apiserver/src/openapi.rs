@@ -154,11 +154,7 @@ pub fn group_version_key(group: &str, version: &str) -> String {
 
 /// The document for one group-version.
 pub fn document(registry: &Registry, group: &str, version: &str) -> Option<Value> {
-    let kinds: Vec<&KindInfo> = registry
-        .all()
-        .iter()
-        .filter(|k| k.group == group && k.version == version)
-        .collect();
+    let kinds = registry.in_group_version(group, version);
     if kinds.is_empty() {
         return None;
     }

@@ -594,10 +594,7 @@ impl ResourceService {
         let mut new = match scope {
             Scope::Status => {
                 let mut merged = old.clone();
-                match incoming.body.get("status") {
-                    Some(status) => merged.body.insert("status".into(), status.clone()),
-                    None => merged.body.remove("status"),
-                };
+                copy_status(&incoming, &mut merged);
                 if ownership == Ownership::Applied {
                     merged.metadata.managed_fields = incoming.metadata.managed_fields.clone();
                 }
@@ -606,10 +603,7 @@ impl ResourceService {
             Scope::Main => {
                 let mut merged = incoming;
                 if kind.status_subresource {
-                    match old.body.get("status") {
-                        Some(status) => merged.body.insert("status".into(), status.clone()),
-                        None => merged.body.remove("status"),
-                    };
+                    copy_status(&old, &mut merged);
                 }
                 if ownership == Ownership::Track {
                     merged.metadata.managed_fields = old.metadata.managed_fields.clone();
@@ -983,6 +977,14 @@ impl ResourceService {
         }
         Err(conflict(kind, name))
     }
+}
+
+/// Makes `to`'s status that of `from` (absent if absent).
+fn copy_status(from: &Object, to: &mut Object) {
+    match from.body.get("status") {
+        Some(status) => to.body.insert("status".into(), status.clone()),
+        None => to.body.remove("status"),
+    };
 }
 
 fn conflict(kind: &KindInfo, name: &str) -> Status {

@@ -312,10 +312,7 @@ impl Client {
         namespace: Option<&str>,
         query: &str,
     ) -> Result<ObjectList, ClientError> {
-        let mut p = path(kind, namespace, None, None);
-        if !query.is_empty() {
-            p = format!("{p}?{query}");
-        }
+        let p = with_query(path(kind, namespace, None, None), query);
         serde_json::from_value(self.get_json(&p).await?)
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -374,10 +371,7 @@ impl Client {
         body: Vec<u8>,
         query: &str,
     ) -> Result<Object, ClientError> {
-        let mut p = path(kind, Some(namespace), Some(name), None);
-        if !query.is_empty() {
-            p = format!("{p}?{query}");
-        }
+        let p = with_query(path(kind, Some(namespace), Some(name), None), query);
         into_object(
             self.call(
                 Method::PATCH,
@@ -515,6 +509,15 @@ pub fn encode_query(s: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+/// Appends a query string (already encoded) to a path.
+pub fn with_query(path: String, query: &str) -> String {
+    if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{query}")
+    }
 }
 
 /// The URL path of a kind's collection or object.

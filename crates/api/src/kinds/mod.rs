@@ -167,6 +167,14 @@ impl Registry {
         })
     }
 
+    /// The kinds served at one group-version.
+    pub fn in_group_version(&self, group: &str, version: &str) -> Vec<&KindInfo> {
+        self.kinds
+            .iter()
+            .filter(|k| k.group == group && k.version == version)
+            .collect()
+    }
+
     /// The groups and their versions, core first.
     pub fn group_versions(&self) -> Vec<(&'static str, &'static str)> {
         let mut out: Vec<(&str, &str)> = Vec::new();
