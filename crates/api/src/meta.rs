@@ -93,6 +93,15 @@ pub fn now_rfc3339() -> String {
     format_rfc3339(secs as i64)
 }
 
+/// The current time with microseconds (`MicroTime`), as leases and events carry it.
+pub fn now_rfc3339_micros() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let base = format_rfc3339(now.as_secs() as i64);
+    format!("{}.{:06}Z", base.trim_end_matches('Z'), now.subsec_micros())
+}
+
 /// Formats seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn format_rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

@@ -102,7 +102,11 @@ impl ApiServer {
 
     /// Creates the namespaces every cluster has.
     pub async fn bootstrap(&self) -> Result<(), Status> {
-        for ns in ["default", "vmo-system"] {
+        for ns in [
+            "default",
+            "vmo-system",
+            vmo_api::kinds::coordination::NODE_LEASE_NAMESPACE,
+        ] {
             self.service.ensure_namespace(ns).await?;
         }
         Ok(())

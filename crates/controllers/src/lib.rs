@@ -1,20 +1,43 @@
 //! Controllers that run inside the server process and act only through the API, like any client:
-//! the garbage collector (ownerReference cascades) and the namespace controller. Later capabilities
+//! the garbage collector (ownerReference cascades), the namespace controller and the node lifecycle
+//! controller. Later capabilities
 //! (VMs, scheduling, storage, networks) add their reconcilers here.
 
 pub mod garbage_collector;
 pub mod informer;
 pub mod namespace;
+pub mod node_lifecycle;
 
 use std::sync::Arc;
+use std::time::Duration;
 use vmo_api::Registry;
 use vmo_client::Client;
 
+/// Tunables of the controllers.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// How long after its last heartbeat a node is declared unreachable.
+    pub node_grace_period: Duration,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        Self {
+            node_grace_period: Duration::from_secs(40),
+        }
+    }
+}
+
 /// Starts every controller; they run until the runtime shuts down.
-pub fn start_all(client: Client) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn start_all(client: Client, settings: ControllerSettings) -> Vec<tokio::task::JoinHandle<()>> {
     let registry = Arc::new(Registry::builtin());
     vec![
         tokio::spawn(garbage_collector::run(client.clone(), registry.clone())),
-        tokio::spawn(namespace::run(client, registry)),
+        tokio::spawn(namespace::run(client.clone(), registry.clone())),
+        tokio::spawn(node_lifecycle::run(
+            client,
+            registry,
+            settings.node_grace_period,
+        )),
     ]
 }

@@ -135,7 +135,7 @@ impl TestServer {
         })
         .expect("client");
         let controllers = if controllers {
-            vmo_controllers::start_all(client.clone())
+            vmo_controllers::start_all(client.clone(), Default::default())
         } else {
             Vec::new()
         };
@@ -197,6 +197,11 @@ pub struct VmoProcess {
 impl VmoProcess {
     /// Starts `binary up --data-dir DIR --listen 127.0.0.1:0` and waits until it answers.
     pub async fn start(binary: &Path, data_dir: &Path) -> Self {
+        Self::start_with_args(binary, data_dir, &[]).await
+    }
+
+    /// Like `start`, with extra arguments for `vmo up`.
+    pub async fn start_with_args(binary: &Path, data_dir: &Path, extra: &[&str]) -> Self {
         let log = data_dir.with_extension(format!("log.{}", std::process::id()));
         let kubeconfig = data_dir.join("kubeconfig");
         let _ = std::fs::remove_file(&kubeconfig);
@@ -208,6 +213,7 @@ impl VmoProcess {
         let child = Command::new(binary)
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("VMO_LOG", "info")
             .stdout(Stdio::from(out.try_clone().expect("log")))
             .stderr(Stdio::from(out))

@@ -1,6 +1,8 @@
 //! `vmo`: the one binary. `vmo up` runs the control plane; every other verb is a client of it.
 
+mod agent;
 mod cli;
+mod datadir;
 mod paths;
 mod up;
 
@@ -28,8 +30,10 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the all-in-one control plane: API server, controllers and embedded store.
+    /// Run the all-in-one control plane: API server, controllers, embedded store and a local node agent.
     Up(up::UpArgs),
+    /// Run a node agent that joins the control plane in the kubeconfig.
+    Agent(agent::AgentArgs),
     /// Create or update objects from files, a directory, or `-` (standard input).
     Apply(cli::apply::ApplyArgs),
     /// List objects, or show some by name.
@@ -64,7 +68,7 @@ fn init_logging(is_server: bool) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(matches!(args.command, Command::Up(_)));
+    init_logging(matches!(args.command, Command::Up(_) | Command::Agent(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         let ctx = cli::Context::new(args.kubeconfig, args.namespace);
         match args.command {
             Command::Up(a) => up::run(a).await,
+            Command::Agent(a) => agent::run(&ctx, a).await,
             Command::Apply(a) => cli::apply::run(&ctx, a).await,
             Command::Get(a) => cli::get::run(&ctx, a).await,
             Command::Describe(a) => cli::describe::run(&ctx, a).await,

@@ -2,12 +2,11 @@
 //! creates TLS material and the admin token on first start, serves the API, starts the controllers,
 //! writes a kubeconfig, and shuts down cleanly on Ctrl-C or SIGTERM.
 
-use anyhow::{bail, Context as _};
+use crate::datadir::{self, parse_duration};
+use anyhow::Context as _;
 use clap::Args;
-use std::fs::File;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use vmo_apiserver::{ApiServer, Authenticator, Pki, ServerSettings};
@@ -24,35 +23,14 @@ pub struct UpArgs {
     /// Address to serve the API on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
-}
-
-/// Holds the data directory for this process; released when the process ends, even by kill -9.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
-    let path = dir.join("vmo.lock");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            bail!(
-                "another vmo process (pid {}) is already running on data directory {}; stop it first or use --data-dir",
-                holder.trim(),
-                dir.display()
-            );
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).context(format!("locking {}", path.display()))
-        }
-    }
-    file.set_len(0)?;
-    write!(file, "{}", std::process::id())?;
-    Ok(file)
+    #[command(flatten)]
+    pub node: crate::agent::NodeArgs,
+    /// Run without the local node agent (a control plane only).
+    #[arg(long)]
+    pub no_agent: bool,
+    /// How long after its last heartbeat a node is declared unreachable.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_grace_period: std::time::Duration,
 }
 
 fn certificate_hosts(listen: &SocketAddr) -> Vec<String> {
@@ -79,7 +57,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let dir = args.data_dir.unwrap_or_else(crate::paths::default_data_dir);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let _lock = lock_data_dir(&dir)?;
+    let _lock = datadir::lock(&dir)?;
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&dir.join("store.redb")).context("opening the store")?);
     let pki = Pki::load_or_create(&dir, &certificate_hosts(&args.listen))
@@ -111,7 +89,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let kubeconfig = vmo_client::kubeconfig::render("vmo", &url, &ca_pem, &admin_token);
     vmo_apiserver::pki::write_private(&kubeconfig_path, kubeconfig.as_bytes())?;
     let client = vmo_client::Client::from_kubeconfig(&kubeconfig_path)?;
-    let controllers = vmo_controllers::start_all(client);
+    let mut tasks = vmo_controllers::start_all(
+        client.clone(),
+        vmo_controllers::ControllerSettings {
+            node_grace_period: args.node_grace_period,
+        },
+    );
+    if !args.no_agent {
+        let config = args.node.config(dir.join("agent"));
+        println!("  local node:     {}", config.node_name);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = vmo_agent::run(client, config).await {
+                tracing::error!(error = %e, "the local node agent stopped");
+            }
+        }));
+    }
     let compactor = tokio::spawn(compact_forever(store.clone()));
     println!("vmo is up at {url}");
     println!("  data directory: {}", dir.display());
@@ -123,8 +115,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("vmo is stopping");
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
-    for c in controllers {
-        c.abort();
+    for task in tasks {
+        task.abort();
     }
     compactor.abort();
     drop(server);

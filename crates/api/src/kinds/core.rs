@@ -54,6 +54,78 @@ pub(super) fn kinds() -> Vec<KindInfo> {
             ..core
         },
         KindInfo {
+            kind: "Node",
+            plural: "nodes",
+            singular: "node",
+            short_names: &["no"],
+            namespaced: false,
+            status_subresource: true,
+            field_selectors: &["spec.unschedulable"],
+            columns: &[
+                NAME_COLUMN,
+                Column {
+                    name: "Status",
+                    kind: "string",
+                    priority: 0,
+                    description:
+                        "Ready, NotReady or Unknown, and SchedulingDisabled when cordoned.",
+                    cell: |o| Value::String(node_status(o)),
+                },
+                Column {
+                    name: "Zone",
+                    kind: "string",
+                    priority: 0,
+                    description: "The node's topology.kubernetes.io/zone label.",
+                    cell: |o| label_cell(o, "topology.kubernetes.io/zone"),
+                },
+                AGE_COLUMN,
+                Column {
+                    name: "Version",
+                    kind: "string",
+                    priority: 0,
+                    description: "The vmo agent's version.",
+                    cell: |o| text_at(o, &["status", "nodeInfo", "kubeletVersion"]),
+                },
+                Column {
+                    name: "Internal-IP",
+                    kind: "string",
+                    priority: 1,
+                    description: "The node's internal address.",
+                    cell: |o| {
+                        let ip = at(o, &["status", "addresses"])
+                            .and_then(Value::as_array)
+                            .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
+                            .and_then(|x| x["address"].as_str())
+                            .unwrap_or("");
+                        Value::String(ip.to_string())
+                    },
+                },
+                Column {
+                    name: "Pool",
+                    kind: "string",
+                    priority: 1,
+                    description: "The machine pool the node belongs to.",
+                    cell: |o| label_cell(o, MACHINE_POOL_LABEL),
+                },
+                Column {
+                    name: "Kernel-Version",
+                    kind: "string",
+                    priority: 1,
+                    description: "The host kernel.",
+                    cell: |o| text_at(o, &["status", "nodeInfo", "kernelVersion"]),
+                },
+                Column {
+                    name: "Hypervisor",
+                    kind: "string",
+                    priority: 1,
+                    description: "The QEMU the agent runs VMs with.",
+                    cell: |o| text_at(o, &["status", "nodeInfo", "containerRuntimeVersion"]),
+                },
+            ],
+            validate: validate_node,
+            ..core
+        },
+        KindInfo {
             kind: "ConfigMap",
             plural: "configmaps",
             singular: "configmap",
@@ -341,4 +413,82 @@ fn fold_string_data(o: &mut Object) {
             }
         }
     }
+}
+
+/// The label naming a node's machine pool (MAAS pools in the reference architecture).
+pub const MACHINE_POOL_LABEL: &str = "vmo.io/machine-pool";
+/// The label naming a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+fn label_cell(o: &Object, key: &str) -> Value {
+    Value::String(o.metadata.labels.get(key).cloned().unwrap_or_default())
+}
+
+/// The status of a node's condition of this type (`True`, `False`, `Unknown`), if reported.
+pub fn node_condition(o: &Object, condition: &str) -> Option<String> {
+    at(o, &["status", "conditions"])
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c["type"] == condition)
+        .and_then(|c| c["status"].as_str())
+        .map(str::to_string)
+}
+
+fn node_status(o: &Object) -> String {
+    let ready = match node_condition(o, "Ready").as_deref() {
+        Some("True") => "Ready",
+        Some("False") => "NotReady",
+        _ => "Unknown",
+    };
+    if at(o, &["spec", "unschedulable"]) == Some(&Value::Bool(true)) {
+        format!("{ready},SchedulingDisabled")
+    } else {
+        ready.to_string()
+    }
+}
+
+const TAINT_EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute"];
+
+fn validate_node(o: &Object) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(u) = at(o, &["spec", "unschedulable"]) {
+        if !u.is_boolean() {
+            errors.push(FieldError::invalid(
+                "spec.unschedulable",
+                u.to_string(),
+                "must be true or false",
+            ));
+        }
+    }
+    if let Some(taints) = at(o, &["spec", "taints"]) {
+        match taints.as_array() {
+            None => errors.push(FieldError::invalid(
+                "spec.taints",
+                taints.to_string(),
+                "must be a list",
+            )),
+            Some(list) => {
+                for (i, t) in list.iter().enumerate() {
+                    let key = t.get("key").and_then(Value::as_str).unwrap_or("");
+                    if key.is_empty() {
+                        errors.push(FieldError::required(format!("spec.taints[{i}].key"), ""));
+                    } else {
+                        errors.extend(crate::validation::qualified_name(
+                            &format!("spec.taints[{i}].key"),
+                            key,
+                        ));
+                    }
+                    let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+                    if !TAINT_EFFECTS.contains(&effect) {
+                        errors.push(FieldError::not_supported(
+                            format!("spec.taints[{i}].effect"),
+                            effect,
+                            TAINT_EFFECTS,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    errors
 }

@@ -1,6 +1,7 @@
 //! The kind registry: every resource the API serves is one `KindInfo` entry here, carrying its names,
 //! scope, printer columns, selectable fields and validation. Adding a kind is one entry plus its module.
 
+pub mod coordination;
 pub mod core;
 pub mod kubevirt;
 
@@ -127,6 +128,7 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut kinds = Vec::new();
         kinds.extend(core::kinds());
+        kinds.extend(coordination::kinds());
         kinds.extend(kubevirt::kinds());
         Self { kinds }
     }

@@ -1,0 +1,97 @@
+//! The node agent: one per host. It registers its Node (capacity, allocatable, labels, conditions,
+//! host and QEMU versions), keeps a heartbeat Lease, and (in later work) runs the VMs bound to it.
+//!
+//! Everything goes through the API like any client, so several agents run side by side on one
+//! machine with their own names and data directories, which multi-node tests rely on.
+
+pub mod host;
+mod node;
+
+use std::path::PathBuf;
+use std::time::Duration;
+use vmo_client::Client;
+
+pub use host::HostFacts;
+
+/// How an agent identifies itself and how often it reports.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    /// `topology.kubernetes.io/zone`.
+    pub zone: String,
+    /// `vmo.io/machine-pool`.
+    pub pool: String,
+    /// Renewal period of the heartbeat Lease.
+    pub heartbeat_interval: Duration,
+    /// How long the Lease is valid without renewal.
+    pub lease_duration: Duration,
+    /// Memory kept back from VMs for the host and the agent.
+    pub reserved_memory_bytes: u64,
+    /// The QEMU binary to run and report.
+    pub qemu_binary: String,
+}
+
+impl AgentConfig {
+    /// Defaults for a node named `node_name` with data in `data_dir`.
+    pub fn new(node_name: &str, data_dir: PathBuf) -> Self {
+        Self {
+            node_name: node_name.to_string(),
+            data_dir,
+            zone: "default".into(),
+            pool: "default".into(),
+            heartbeat_interval: Duration::from_secs(10),
+            lease_duration: Duration::from_secs(40),
+            reserved_memory_bytes: 512 << 20,
+            qemu_binary: "qemu-system-x86_64".into(),
+        }
+    }
+}
+
+/// Failures that stop the agent from starting at all.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid node name {name:?}: {why}")]
+    NodeName { name: String, why: String },
+    #[error("creating the agent data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The default node name: the host name, lower-cased.
+pub fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Runs the agent until the task is dropped: registers the Node, then renews its Lease and keeps
+/// its status current. API errors are logged and retried; only bad configuration returns.
+pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> {
+    let errors = vmo_api::validation::dns1123_subdomain("node name", &config.node_name);
+    if let Some(e) = errors.first() {
+        return Err(AgentError::NodeName {
+            name: config.node_name.clone(),
+            why: e.detail.clone(),
+        });
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let facts = tokio::task::spawn_blocking({
+        let qemu = config.qemu_binary.clone();
+        move || HostFacts::gather(&qemu)
+    })
+    .await
+    .unwrap_or_else(|_| HostFacts::gather("/nonexistent"));
+    tracing::info!(node = %config.node_name, cpus = facts.cpus, memory = facts.memory_bytes, qemu = ?facts.qemu_version, "agent starting");
+    let reporter = node::Reporter::new(client, config, facts);
+    reporter.run().await;
+    Ok(())
+}

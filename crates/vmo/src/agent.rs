@@ -1,0 +1,64 @@
+//! `vmo agent`: a node agent joining a control plane given by a kubeconfig. `vmo up` runs one too.
+
+use crate::datadir::{self, parse_duration};
+use anyhow::Context as _;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use vmo_agent::AgentConfig;
+
+/// Flags describing a node, shared by `vmo agent` and `vmo up`.
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// The Node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The node's zone (`topology.kubernetes.io/zone`).
+    #[arg(long, default_value = "default")]
+    pub zone: String,
+    /// The node's machine pool (`vmo.io/machine-pool`).
+    #[arg(long, default_value = "default")]
+    pub pool: String,
+    /// How often the agent renews its heartbeat lease.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+}
+
+impl NodeArgs {
+    /// The agent configuration these flags describe.
+    pub fn config(&self, data_dir: PathBuf) -> AgentConfig {
+        let name = self
+            .node_name
+            .clone()
+            .unwrap_or_else(vmo_agent::default_node_name);
+        let mut config = AgentConfig::new(&name, data_dir);
+        config.zone = self.zone.clone();
+        config.pool = self.pool.clone();
+        config.heartbeat_interval = self.heartbeat_interval;
+        config.lease_duration = (self.heartbeat_interval * 4).max(Duration::from_secs(1));
+        config
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Directory for this agent's state (its VMs' files, later).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+pub async fn run(ctx: &crate::cli::Context, args: AgentArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let _lock = datadir::lock(&args.data_dir)?;
+    let client = ctx.client()?;
+    let config = args.node.config(args.data_dir.clone());
+    println!("vmo agent {} joining {}", config.node_name, client.server());
+    tokio::select! {
+        result = vmo_agent::run(client, config) => result.context("the node agent stopped")?,
+        _ = tokio::signal::ctrl_c() => println!("vmo agent stopping"),
+    }
+    Ok(())
+}
