@@ -5,6 +5,7 @@
 //! machine with their own names and data directories, which multi-node tests rely on.
 
 pub mod host;
+pub mod qmp;
 mod node;
 
 use std::path::PathBuf;
