@@ -6,6 +6,7 @@
 
 pub mod host;
 pub mod qmp;
+pub mod vm;
 mod node;
 
 use std::path::PathBuf;

@@ -1,0 +1,3 @@
+//! Running VMs: launch plans, disk preparation, and QEMU processes.
+
+pub mod plan;

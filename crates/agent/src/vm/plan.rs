@@ -1,0 +1,299 @@
+//! What to launch for one VMI: a `LaunchPlan` built from the KubeVirt spec (pure, no I/O), and the
+//! QEMU command line it turns into. Volumes arrive already resolved to files by `disks`.
+//!
+//! Devices follow KubeVirt's model on a q35 machine: virtio disks as virtio-blk-pci, sata disks and
+//! cdroms on the q35 AHCI controller, scsi ones on one virtio-scsi controller; `bootOrder` becomes
+//! QEMU's `bootindex`. QEMU itself listens on unix sockets for QMP, the serial console and VNC.
+
+use std::path::PathBuf;
+use vmo_api::kinds::kubevirt::{Disk, VmiSpec};
+use vmo_api::Quantity;
+
+/// The accelerator a VM runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// Firmware: SeaBIOS, or OVMF with a per-VM copy of its variable store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi { code: PathBuf, vars: PathBuf },
+}
+
+/// How a disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    Virtio,
+    Sata,
+    Scsi,
+}
+
+/// One disk, with its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskPlan {
+    pub name: String,
+    pub path: PathBuf,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    pub bus: Bus,
+    pub cdrom: bool,
+    pub readonly: bool,
+    pub boot_order: Option<u32>,
+    pub serial: Option<String>,
+    /// `none`, `writethrough` or `writeback`.
+    pub cache: String,
+}
+
+/// Everything QEMU needs for one VMI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPlan {
+    pub name: String,
+    pub uuid: String,
+    pub accel: Accel,
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+    pub memory_mib: u64,
+    pub firmware: Firmware,
+    /// Direct kernel boot: kernel, initrd, command line.
+    pub kernel: Option<(PathBuf, Option<PathBuf>, String)>,
+    pub disks: Vec<DiskPlan>,
+    /// MAC addresses of user-mode (NAT) NICs, in order.
+    pub nat_nics: Vec<String>,
+    pub qmp_socket: PathBuf,
+    pub serial_socket: PathBuf,
+    pub vnc_socket: PathBuf,
+    pub pidfile: PathBuf,
+}
+
+/// A spec that cannot be turned into a plan, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct PlanError {
+    pub field: String,
+    pub why: String,
+}
+
+fn err(field: &str, why: impl Into<String>) -> PlanError {
+    PlanError {
+        field: field.to_string(),
+        why: why.into(),
+    }
+}
+
+/// Guest memory in MiB: `domain.memory.guest`, else `resources.requests.memory`, rounded up.
+pub fn memory_mib(spec: &VmiSpec) -> Result<u64, PlanError> {
+    let (field, text) = if let Some(g) = spec.domain.memory.as_ref().and_then(|m| m.guest.as_ref()) {
+        ("spec.domain.memory.guest", g.0.clone())
+    } else if let Some(r) = spec.domain.resources.as_ref().and_then(|r| r.requests.get("memory")) {
+        ("spec.domain.resources.requests.memory", r.0.clone())
+    } else {
+        return Err(err("spec.domain.memory.guest", "no memory requested"));
+    };
+    let bytes = Quantity::parse(&text)
+        .ok()
+        .and_then(|q| q.value_ceil())
+        .filter(|b| *b > 0)
+        .ok_or_else(|| err(field, format!("{text:?} is not a memory size")))?;
+    Ok(((bytes + (1 << 20) - 1) >> 20) as u64)
+}
+
+fn bus_of(disk: &Disk) -> Result<(Bus, bool), PlanError> {
+    let (target, cdrom) = match (&disk.disk, &disk.cdrom) {
+        (_, Some(c)) => (Some(c), true),
+        (Some(d), None) => (Some(d), false),
+        (None, None) => (None, false),
+    };
+    let bus = match target.and_then(|t| t.bus.as_deref()) {
+        None if cdrom => Bus::Sata,
+        None | Some("virtio") => Bus::Virtio,
+        Some("sata") => Bus::Sata,
+        Some("scsi") => Bus::Scsi,
+        Some(other) => return Err(err(&format!("disk {}", disk.name), format!("bus {other:?} is not supported"))),
+    };
+    Ok((bus, cdrom))
+}
+
+impl DiskPlan {
+    /// The plan for `disk`, backed by `path` in `format`.
+    pub fn new(disk: &Disk, path: PathBuf, format: &str) -> Result<Self, PlanError> {
+        let (bus, cdrom) = bus_of(disk)?;
+        let readonly = cdrom
+            || disk.disk.as_ref().and_then(|d| d.readonly).unwrap_or(false)
+            || disk.cdrom.as_ref().and_then(|d| d.readonly).unwrap_or(false);
+        Ok(Self {
+            name: disk.name.clone(),
+            path,
+            format: format.to_string(),
+            bus,
+            cdrom,
+            readonly,
+            boot_order: disk.boot_order,
+            serial: disk.serial.clone(),
+            cache: disk.cache.clone().unwrap_or_else(|| "writeback".into()),
+        })
+    }
+}
+
+/// QEMU's option-value escaping: commas are doubled.
+fn esc(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+fn path_str(p: &std::path::Path) -> String {
+    esc(&p.display().to_string())
+}
+
+impl LaunchPlan {
+    /// The full `qemu-system-x86_64` argument list.
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        push(&["-name", &format!("guest={},debug-threads=on", esc(&self.name))]);
+        push(&["-uuid", &self.uuid]);
+        push(&["-machine", "q35,usb=off,dump-guest-core=off"]);
+        match self.accel {
+            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        }
+        let vcpus = self.sockets * self.cores * self.threads;
+        push(&["-smp", &format!("{vcpus},sockets={},cores={},threads={}", self.sockets, self.cores, self.threads)]);
+        push(&["-m", &format!("{}M", self.memory_mib)]);
+        if let Firmware::Uefi { code, vars } = &self.firmware {
+            push(&["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", path_str(code))]);
+            push(&["-drive", &format!("if=pflash,format=raw,unit=1,file={}", path_str(vars))]);
+        }
+        if let Some((kernel, initrd, cmdline)) = &self.kernel {
+            push(&["-kernel", &kernel.display().to_string()]);
+            if let Some(initrd) = initrd {
+                push(&["-initrd", &initrd.display().to_string()]);
+            }
+            if !cmdline.is_empty() {
+                push(&["-append", cmdline]);
+            }
+        }
+        push(&["-nodefaults", "-no-user-config", "-display", "none", "-vga", "none"]);
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", path_str(&self.qmp_socket))]);
+        push(&["-chardev", &format!("socket,id=serial0,path={},server=on,wait=off", path_str(&self.serial_socket))]);
+        push(&["-serial", "chardev:serial0"]);
+        push(&["-vnc", &format!("unix:{}", path_str(&self.vnc_socket))]);
+        push(&["-device", "VGA"]);
+        push(&["-pidfile", &self.pidfile.display().to_string()]);
+        if self.disks.iter().any(|d| d.bus == Bus::Scsi) {
+            push(&["-device", "virtio-scsi-pci,id=scsi0"]);
+        }
+        let mut sata_port = 0;
+        let mut scsi_lun = 0;
+        for (i, d) in self.disks.iter().enumerate() {
+            let id = format!("disk{i}");
+            let mut drive = format!(
+                "if=none,id={id},file={},format={},cache={},aio=threads,readonly={}",
+                path_str(&d.path),
+                d.format,
+                d.cache,
+                if d.readonly { "on" } else { "off" }
+            );
+            if d.cdrom {
+                drive.push_str(",media=cdrom");
+            }
+            push(&["-drive", &drive]);
+            let mut device = match (d.bus, d.cdrom) {
+                (Bus::Virtio, _) => format!("virtio-blk-pci,drive={id},id=dev-{id}"),
+                (Bus::Sata, cdrom) => {
+                    let port = sata_port;
+                    sata_port += 1;
+                    format!("{},drive={id},id=dev-{id},bus=ide.{port}", if cdrom { "ide-cd" } else { "ide-hd" })
+                }
+                (Bus::Scsi, cdrom) => {
+                    let lun = scsi_lun;
+                    scsi_lun += 1;
+                    format!("{},drive={id},id=dev-{id},bus=scsi0.0,channel=0,scsi-id=0,lun={lun}", if cdrom { "scsi-cd" } else { "scsi-hd" })
+                }
+            };
+            if let Some(order) = d.boot_order {
+                device.push_str(&format!(",bootindex={order}"));
+            }
+            if let Some(serial) = &d.serial {
+                device.push_str(&format!(",serial={}", esc(serial)));
+            }
+            push(&["-device", &device]);
+        }
+        for (i, mac) in self.nat_nics.iter().enumerate() {
+            push(&["-netdev", &format!("user,id=net{i}")]);
+            push(&["-device", &format!("virtio-net-pci,netdev=net{i},mac={mac},id=nic{i}")]);
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: serde_json::Value) -> VmiSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn plan(disks: Vec<DiskPlan>) -> LaunchPlan {
+        LaunchPlan {
+            name: "default_vm1".into(),
+            uuid: "6a1f0b8e-3b8c-4d4e-9b1a-0c2d3e4f5a6b".into(),
+            accel: Accel::Tcg,
+            sockets: 1,
+            cores: 2,
+            threads: 1,
+            memory_mib: 256,
+            firmware: Firmware::Bios,
+            kernel: None,
+            disks,
+            nat_nics: vec!["02:00:00:00:00:01".into()],
+            qmp_socket: "/run/vm/qmp.sock".into(),
+            serial_socket: "/run/vm/serial.sock".into(),
+            vnc_socket: "/run/vm/vnc.sock".into(),
+            pidfile: "/run/vm/qemu.pid".into(),
+        }
+    }
+
+    #[test]
+    fn memory_from_guest_or_requests() {
+        assert_eq!(memory_mib(&spec(json!({"domain": {"memory": {"guest": "1Gi"}}}))).unwrap(), 1024);
+        assert_eq!(
+            memory_mib(&spec(json!({"domain": {"resources": {"requests": {"memory": "1000M"}}}}))).unwrap(),
+            954
+        );
+        assert!(memory_mib(&spec(json!({"domain": {}}))).is_err());
+    }
+
+    #[test]
+    fn devices_follow_buses_and_boot_order() {
+        let disk = |v| serde_json::from_value::<Disk>(v).unwrap();
+        let disks = vec![
+            DiskPlan::new(&disk(json!({"name": "root", "disk": {"bus": "virtio"}, "bootOrder": 1})), "/img/root,1.qcow2".into(), "qcow2").unwrap(),
+            DiskPlan::new(&disk(json!({"name": "data", "disk": {"bus": "scsi"}, "serial": "D1"})), "/img/data.raw".into(), "raw").unwrap(),
+            DiskPlan::new(&disk(json!({"name": "seed", "cdrom": {"bus": "sata"}})), "/img/seed.iso".into(), "raw").unwrap(),
+        ];
+        let args = plan(disks).args().join(" ");
+        assert!(args.contains("file=/img/root,,1.qcow2,format=qcow2"), "{args}");
+        assert!(args.contains("virtio-blk-pci,drive=disk0,id=dev-disk0,bootindex=1"), "{args}");
+        assert!(args.contains("virtio-scsi-pci,id=scsi0"));
+        assert!(args.contains("scsi-hd,drive=disk1"));
+        assert!(args.contains("serial=D1"));
+        assert!(args.contains("ide-cd,drive=disk2,id=dev-disk2,bus=ide.0"));
+        assert!(args.contains("readonly=on,media=cdrom"));
+        assert!(args.contains("-smp 2,sockets=1,cores=2,threads=1"));
+        assert!(args.contains("-accel tcg"));
+        assert!(args.contains("virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01"));
+        assert!(args.contains("-qmp unix:/run/vm/qmp.sock,server=on,wait=off"));
+    }
+
+    #[test]
+    fn unsupported_buses_name_the_disk() {
+        let d: Disk = serde_json::from_value(json!({"name": "x", "disk": {"bus": "floppy"}})).unwrap();
+        let e = DiskPlan::new(&d, "/x".into(), "raw").unwrap_err();
+        assert_eq!(e.field, "disk x");
+    }
+}
