@@ -5,9 +5,9 @@
 //! machine with their own names and data directories, which multi-node tests rely on.
 
 pub mod host;
+mod node;
 pub mod qmp;
 pub mod vm;
-mod node;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -67,11 +67,15 @@ pub struct Qmp {
 
 impl Qmp {
     /// Connects, reads the greeting and negotiates capabilities. Events arrive on the receiver.
-    pub async fn connect(path: &Path) -> Result<(Self, mpsc::UnboundedReceiver<QmpEvent>), QmpError> {
-        let stream = UnixStream::connect(path).await.map_err(|source| QmpError::Connect {
-            path: path.display().to_string(),
-            source,
-        })?;
+    pub async fn connect(
+        path: &Path,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<QmpEvent>), QmpError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| QmpError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
         let (read, write) = stream.into_split();
         let mut reader = BufReader::new(read);
         let mut line = String::new();
@@ -100,7 +104,11 @@ impl Qmp {
     }
 
     /// Runs a command and returns its `return` value.
-    pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+    pub async fn execute(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut message = json!({"execute": command, "id": id});
         if let Some(args) = arguments {
@@ -209,16 +217,26 @@ mod tests {
             let id = msg["id"].clone();
             let reply = match msg["execute"].as_str().unwrap() {
                 "qmp_capabilities" => json!({"return": {}, "id": id}),
-                "query-status" => json!({"return": {"status": "running", "running": true}, "id": id}),
+                "query-status" => {
+                    json!({"return": {"status": "running", "running": true}, "id": id})
+                }
                 "stop" => {
                     let event = json!({"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}});
-                    write.write_all(format!("{event}\r\n").as_bytes()).await.unwrap();
+                    write
+                        .write_all(format!("{event}\r\n").as_bytes())
+                        .await
+                        .unwrap();
                     json!({"return": {}, "id": id})
                 }
                 "quit" => return,
-                other => json!({"error": {"class": "CommandNotFound", "desc": format!("The command {other} has not been found")}, "id": id}),
+                other => {
+                    json!({"error": {"class": "CommandNotFound", "desc": format!("The command {other} has not been found")}, "id": id})
+                }
             };
-            write.write_all(format!("{reply}\r\n").as_bytes()).await.unwrap();
+            write
+                .write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .unwrap();
         }
         let mut rest = Vec::new();
         let _ = write.flush().await;
@@ -254,9 +272,14 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await.unwrap();
+            s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                .await
+                .unwrap();
         });
-        assert!(matches!(Qmp::connect(&path).await, Err(QmpError::Handshake(_))));
+        assert!(matches!(
+            Qmp::connect(&path).await,
+            Err(QmpError::Handshake(_))
+        ));
         assert!(matches!(
             Qmp::connect(&dir.path().join("missing.sock")).await,
             Err(QmpError::Connect { .. })

@@ -1,3 +1,5 @@
 //! Running VMs: launch plans, disk preparation, and QEMU processes.
 
+pub mod disks;
 pub mod plan;
+pub mod process;

@@ -86,9 +86,15 @@ fn err(field: &str, why: impl Into<String>) -> PlanError {
 
 /// Guest memory in MiB: `domain.memory.guest`, else `resources.requests.memory`, rounded up.
 pub fn memory_mib(spec: &VmiSpec) -> Result<u64, PlanError> {
-    let (field, text) = if let Some(g) = spec.domain.memory.as_ref().and_then(|m| m.guest.as_ref()) {
+    let (field, text) = if let Some(g) = spec.domain.memory.as_ref().and_then(|m| m.guest.as_ref())
+    {
         ("spec.domain.memory.guest", g.0.clone())
-    } else if let Some(r) = spec.domain.resources.as_ref().and_then(|r| r.requests.get("memory")) {
+    } else if let Some(r) = spec
+        .domain
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.get("memory"))
+    {
         ("spec.domain.resources.requests.memory", r.0.clone())
     } else {
         return Err(err("spec.domain.memory.guest", "no memory requested"));
@@ -112,7 +118,12 @@ fn bus_of(disk: &Disk) -> Result<(Bus, bool), PlanError> {
         None | Some("virtio") => Bus::Virtio,
         Some("sata") => Bus::Sata,
         Some("scsi") => Bus::Scsi,
-        Some(other) => return Err(err(&format!("disk {}", disk.name), format!("bus {other:?} is not supported"))),
+        Some(other) => {
+            return Err(err(
+                &format!("disk {}", disk.name),
+                format!("bus {other:?} is not supported"),
+            ))
+        }
     };
     Ok((bus, cdrom))
 }
@@ -123,7 +134,11 @@ impl DiskPlan {
         let (bus, cdrom) = bus_of(disk)?;
         let readonly = cdrom
             || disk.disk.as_ref().and_then(|d| d.readonly).unwrap_or(false)
-            || disk.cdrom.as_ref().and_then(|d| d.readonly).unwrap_or(false);
+            || disk
+                .cdrom
+                .as_ref()
+                .and_then(|d| d.readonly)
+                .unwrap_or(false);
         Ok(Self {
             name: disk.name.clone(),
             path,
@@ -152,7 +167,10 @@ impl LaunchPlan {
     pub fn args(&self) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-        push(&["-name", &format!("guest={},debug-threads=on", esc(&self.name))]);
+        push(&[
+            "-name",
+            &format!("guest={},debug-threads=on", esc(&self.name)),
+        ]);
         push(&["-uuid", &self.uuid]);
         push(&["-machine", "q35,usb=off,dump-guest-core=off"]);
         match self.accel {
@@ -160,11 +178,26 @@ impl LaunchPlan {
             Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
         }
         let vcpus = self.sockets * self.cores * self.threads;
-        push(&["-smp", &format!("{vcpus},sockets={},cores={},threads={}", self.sockets, self.cores, self.threads)]);
+        push(&[
+            "-smp",
+            &format!(
+                "{vcpus},sockets={},cores={},threads={}",
+                self.sockets, self.cores, self.threads
+            ),
+        ]);
         push(&["-m", &format!("{}M", self.memory_mib)]);
         if let Firmware::Uefi { code, vars } = &self.firmware {
-            push(&["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", path_str(code))]);
-            push(&["-drive", &format!("if=pflash,format=raw,unit=1,file={}", path_str(vars))]);
+            push(&[
+                "-drive",
+                &format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    path_str(code)
+                ),
+            ]);
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", path_str(vars)),
+            ]);
         }
         if let Some((kernel, initrd, cmdline)) = &self.kernel {
             push(&["-kernel", &kernel.display().to_string()]);
@@ -175,9 +208,25 @@ impl LaunchPlan {
                 push(&["-append", cmdline]);
             }
         }
-        push(&["-nodefaults", "-no-user-config", "-display", "none", "-vga", "none"]);
-        push(&["-qmp", &format!("unix:{},server=on,wait=off", path_str(&self.qmp_socket))]);
-        push(&["-chardev", &format!("socket,id=serial0,path={},server=on,wait=off", path_str(&self.serial_socket))]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+        ]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", path_str(&self.qmp_socket)),
+        ]);
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=serial0,path={},server=on,wait=off",
+                path_str(&self.serial_socket)
+            ),
+        ]);
         push(&["-serial", "chardev:serial0"]);
         push(&["-vnc", &format!("unix:{}", path_str(&self.vnc_socket))]);
         push(&["-device", "VGA"]);
@@ -205,12 +254,18 @@ impl LaunchPlan {
                 (Bus::Sata, cdrom) => {
                     let port = sata_port;
                     sata_port += 1;
-                    format!("{},drive={id},id=dev-{id},bus=ide.{port}", if cdrom { "ide-cd" } else { "ide-hd" })
+                    format!(
+                        "{},drive={id},id=dev-{id},bus=ide.{port}",
+                        if cdrom { "ide-cd" } else { "ide-hd" }
+                    )
                 }
                 (Bus::Scsi, cdrom) => {
                     let lun = scsi_lun;
                     scsi_lun += 1;
-                    format!("{},drive={id},id=dev-{id},bus=scsi0.0,channel=0,scsi-id=0,lun={lun}", if cdrom { "scsi-cd" } else { "scsi-hd" })
+                    format!(
+                        "{},drive={id},id=dev-{id},bus=scsi0.0,channel=0,scsi-id=0,lun={lun}",
+                        if cdrom { "scsi-cd" } else { "scsi-hd" }
+                    )
                 }
             };
             if let Some(order) = d.boot_order {
@@ -223,7 +278,10 @@ impl LaunchPlan {
         }
         for (i, mac) in self.nat_nics.iter().enumerate() {
             push(&["-netdev", &format!("user,id=net{i}")]);
-            push(&["-device", &format!("virtio-net-pci,netdev=net{i},mac={mac},id=nic{i}")]);
+            push(&[
+                "-device",
+                &format!("virtio-net-pci,netdev=net{i},mac={mac},id=nic{i}"),
+            ]);
         }
         a
     }
@@ -260,9 +318,15 @@ mod tests {
 
     #[test]
     fn memory_from_guest_or_requests() {
-        assert_eq!(memory_mib(&spec(json!({"domain": {"memory": {"guest": "1Gi"}}}))).unwrap(), 1024);
         assert_eq!(
-            memory_mib(&spec(json!({"domain": {"resources": {"requests": {"memory": "1000M"}}}}))).unwrap(),
+            memory_mib(&spec(json!({"domain": {"memory": {"guest": "1Gi"}}}))).unwrap(),
+            1024
+        );
+        assert_eq!(
+            memory_mib(&spec(
+                json!({"domain": {"resources": {"requests": {"memory": "1000M"}}}})
+            ))
+            .unwrap(),
             954
         );
         assert!(memory_mib(&spec(json!({"domain": {}}))).is_err());
@@ -272,13 +336,34 @@ mod tests {
     fn devices_follow_buses_and_boot_order() {
         let disk = |v| serde_json::from_value::<Disk>(v).unwrap();
         let disks = vec![
-            DiskPlan::new(&disk(json!({"name": "root", "disk": {"bus": "virtio"}, "bootOrder": 1})), "/img/root,1.qcow2".into(), "qcow2").unwrap(),
-            DiskPlan::new(&disk(json!({"name": "data", "disk": {"bus": "scsi"}, "serial": "D1"})), "/img/data.raw".into(), "raw").unwrap(),
-            DiskPlan::new(&disk(json!({"name": "seed", "cdrom": {"bus": "sata"}})), "/img/seed.iso".into(), "raw").unwrap(),
+            DiskPlan::new(
+                &disk(json!({"name": "root", "disk": {"bus": "virtio"}, "bootOrder": 1})),
+                "/img/root,1.qcow2".into(),
+                "qcow2",
+            )
+            .unwrap(),
+            DiskPlan::new(
+                &disk(json!({"name": "data", "disk": {"bus": "scsi"}, "serial": "D1"})),
+                "/img/data.raw".into(),
+                "raw",
+            )
+            .unwrap(),
+            DiskPlan::new(
+                &disk(json!({"name": "seed", "cdrom": {"bus": "sata"}})),
+                "/img/seed.iso".into(),
+                "raw",
+            )
+            .unwrap(),
         ];
         let args = plan(disks).args().join(" ");
-        assert!(args.contains("file=/img/root,,1.qcow2,format=qcow2"), "{args}");
-        assert!(args.contains("virtio-blk-pci,drive=disk0,id=dev-disk0,bootindex=1"), "{args}");
+        assert!(
+            args.contains("file=/img/root,,1.qcow2,format=qcow2"),
+            "{args}"
+        );
+        assert!(
+            args.contains("virtio-blk-pci,drive=disk0,id=dev-disk0,bootindex=1"),
+            "{args}"
+        );
         assert!(args.contains("virtio-scsi-pci,id=scsi0"));
         assert!(args.contains("scsi-hd,drive=disk1"));
         assert!(args.contains("serial=D1"));
@@ -292,7 +377,8 @@ mod tests {
 
     #[test]
     fn unsupported_buses_name_the_disk() {
-        let d: Disk = serde_json::from_value(json!({"name": "x", "disk": {"bus": "floppy"}})).unwrap();
+        let d: Disk =
+            serde_json::from_value(json!({"name": "x", "disk": {"bus": "floppy"}})).unwrap();
         let e = DiskPlan::new(&d, "/x".into(), "raw").unwrap_err();
         assert_eq!(e.field, "disk x");
     }
