@@ -7,6 +7,7 @@
 pub mod host;
 mod node;
 pub mod qmp;
+pub mod runner;
 pub mod vm;
 
 use std::path::PathBuf;
@@ -32,6 +33,16 @@ pub struct AgentConfig {
     pub reserved_memory_bytes: u64,
     /// The QEMU binary to run and report.
     pub qemu_binary: String,
+    /// Which accelerator VMs use.
+    pub accel: AccelChoice,
+}
+
+/// The accelerator setting: `auto` boot-probes KVM and falls back to TCG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 impl AgentConfig {
@@ -46,6 +57,7 @@ impl AgentConfig {
             lease_duration: Duration::from_secs(40),
             reserved_memory_bytes: 512 << 20,
             qemu_binary: "qemu-system-x86_64".into(),
+            accel: AccelChoice::Auto,
         }
     }
 }
@@ -93,7 +105,21 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
     .await
     .unwrap_or_else(|_| HostFacts::gather("/nonexistent"));
     tracing::info!(node = %config.node_name, cpus = facts.cpus, memory = facts.memory_bytes, qemu = ?facts.qemu_version, "agent starting");
-    let reporter = node::Reporter::new(client, config, facts);
-    reporter.run().await;
+    let accel = match config.accel {
+        AccelChoice::Kvm => vm::plan::Accel::Kvm,
+        AccelChoice::Tcg => vm::plan::Accel::Tcg,
+        AccelChoice::Auto => {
+            let (binary, dir) = (config.qemu_binary.clone(), config.data_dir.clone());
+            let (accel, why) = tokio::task::spawn_blocking(move || {
+                vm::process::probe_accelerator(&binary, &dir, std::time::Duration::from_secs(3))
+            })
+            .await
+            .unwrap_or((vm::plan::Accel::Tcg, "the probe failed".into()));
+            tracing::info!(?accel, why, "accelerator chosen");
+            accel
+        }
+    };
+    let reporter = node::Reporter::new(client.clone(), config.clone(), facts, accel);
+    tokio::join!(reporter.run(), runner::run(client, config, accel));
     Ok(())
 }

@@ -19,10 +19,16 @@ pub(crate) struct Reporter {
     facts: HostFacts,
     node_kind: KindInfo,
     lease_kind: KindInfo,
+    accel: crate::vm::plan::Accel,
 }
 
 impl Reporter {
-    pub(crate) fn new(client: Client, config: AgentConfig, facts: HostFacts) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        config: AgentConfig,
+        facts: HostFacts,
+        accel: crate::vm::plan::Accel,
+    ) -> Self {
         let registry = Registry::builtin();
         Self {
             client,
@@ -30,6 +36,7 @@ impl Reporter {
             facts,
             node_kind: *registry.resolve("nodes").expect("nodes are registered"),
             lease_kind: *registry.resolve("leases").expect("leases are registered"),
+            accel,
         }
     }
 
@@ -41,6 +48,10 @@ impl Reporter {
             ZONE_LABEL: self.config.zone,
             MACHINE_POOL_LABEL: self.config.pool,
             "vmo.io/kvm-device": if self.facts.kvm_device { "present" } else { "absent" },
+            "vmo.io/accelerator": match self.accel {
+                crate::vm::plan::Accel::Kvm => "kvm",
+                crate::vm::plan::Accel::Tcg => "tcg",
+            },
         });
         if let Some(v) = &self.facts.qemu_version {
             labels["vmo.io/qemu-version"] = json!(v);

@@ -3,10 +3,12 @@
 //! controller. Later capabilities
 //! (VMs, scheduling, storage, networks) add their reconcilers here.
 
+pub mod binder;
 pub mod garbage_collector;
-pub mod informer;
+pub use vmo_client::informer;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod vm;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +20,15 @@ use vmo_client::Client;
 pub struct ControllerSettings {
     /// How long after its last heartbeat a node is declared unreachable.
     pub node_grace_period: Duration,
+    /// Until the scheduler exists: the node every instance is bound to.
+    pub bind_to_node: Option<String>,
 }
 
 impl Default for ControllerSettings {
     fn default() -> Self {
         Self {
             node_grace_period: Duration::from_secs(40),
+            bind_to_node: None,
         }
     }
 }
@@ -31,13 +36,18 @@ impl Default for ControllerSettings {
 /// Starts every controller; they run until the runtime shuts down.
 pub fn start_all(client: Client, settings: ControllerSettings) -> Vec<tokio::task::JoinHandle<()>> {
     let registry = Arc::new(Registry::builtin());
-    vec![
+    let mut tasks = vec![
         tokio::spawn(garbage_collector::run(client.clone(), registry.clone())),
         tokio::spawn(namespace::run(client.clone(), registry.clone())),
+        tokio::spawn(vm::run(client.clone(), registry.clone())),
         tokio::spawn(node_lifecycle::run(
-            client,
-            registry,
+            client.clone(),
+            registry.clone(),
             settings.node_grace_period,
         )),
-    ]
+    ];
+    if let Some(node) = settings.bind_to_node {
+        tasks.push(tokio::spawn(binder::run(client, registry, node)));
+    }
+    tasks
 }

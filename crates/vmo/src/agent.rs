@@ -22,6 +22,9 @@ pub struct NodeArgs {
     /// How often the agent renews its heartbeat lease.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+    /// Accelerator for VMs: auto boot-probes KVM and uses it only if a guest really runs.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    pub accel: String,
 }
 
 impl NodeArgs {
@@ -36,6 +39,11 @@ impl NodeArgs {
         config.pool = self.pool.clone();
         config.heartbeat_interval = self.heartbeat_interval;
         config.lease_duration = (self.heartbeat_interval * 4).max(Duration::from_secs(1));
+        config.accel = match self.accel.as_str() {
+            "kvm" => vmo_agent::AccelChoice::Kvm,
+            "tcg" => vmo_agent::AccelChoice::Tcg,
+            _ => vmo_agent::AccelChoice::Auto,
+        };
         config
     }
 }

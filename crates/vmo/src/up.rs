@@ -89,14 +89,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let kubeconfig = vmo_client::kubeconfig::render("vmo", &url, &ca_pem, &admin_token);
     vmo_apiserver::pki::write_private(&kubeconfig_path, kubeconfig.as_bytes())?;
     let client = vmo_client::Client::from_kubeconfig(&kubeconfig_path)?;
+    let agent_config = (!args.no_agent).then(|| args.node.config(dir.join("agent")));
     let mut tasks = vmo_controllers::start_all(
         client.clone(),
         vmo_controllers::ControllerSettings {
             node_grace_period: args.node_grace_period,
+            // Until the scheduler lands, instances run on this process's own node.
+            bind_to_node: agent_config.as_ref().map(|c| c.node_name.clone()),
         },
     );
-    if !args.no_agent {
-        let config = args.node.config(dir.join("agent"));
+    if let Some(config) = agent_config {
         println!("  local node:     {}", config.node_name);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = vmo_agent::run(client, config).await {

@@ -2,13 +2,13 @@
 //! compacted) or a broken stream it lists again. It wakes its controller only for changes the
 //! controller declared relevant, so a busy kind does not make an idle controller spin.
 
+use crate::Client;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use vmo_api::{KindInfo, Object};
-use vmo_client::Client;
 
 /// Decides whether a change (`"ADDED"`, `"MODIFIED"`, `"DELETED"`) should wake the controller.
 pub type Relevance = fn(&str, &Object) -> bool;
@@ -105,8 +105,14 @@ async fn run(
     cache: &Cache,
     changed: &Notify,
     relevant: Relevance,
-) -> Result<(), vmo_client::ClientError> {
+) -> Result<(), crate::ClientError> {
+    tracing::debug!(kind = kind.kind, "informer listing");
     let list = client.list(kind, None, "").await?;
+    tracing::debug!(
+        kind = kind.kind,
+        items = list.items.len(),
+        "informer listed"
+    );
     {
         let mut index = cache.index.write().expect("cache lock");
         *index = Index::default();

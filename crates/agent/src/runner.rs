@@ -1,0 +1,462 @@
+//! The agent's VM runner: every VirtualMachineInstance bound to this node gets one owner task, which
+//! alone talks QMP to its QEMU.
+//!
+//! ```text
+//!            launch/adopt ok               guest powers off
+//!  Scheduled ───────────────► Running ───────────────────────► Succeeded
+//!      │                        │  │ QEMU dies / is killed
+//!      │ spec cannot run        │  └───────────────────────────► Failed
+//!      └──────────────► Failed  │ instance deleted: ACPI power-down, wait the grace period, kill
+//!                               └───────────────────────────► (finalizer removed, object gone)
+//! ```
+//!
+//! The agent holds a finalizer on each instance it runs, so a deleted instance stays until its QEMU
+//! is gone. QEMU runs in its own process group: an agent restart (even kill -9) leaves it running,
+//! and the new agent adopts it from its run directory.
+
+use crate::vm::disks::{self, Identity, Secrets};
+use crate::vm::plan::{memory_mib, Accel, Firmware, LaunchPlan, PlanError};
+use crate::vm::process::{self, QemuProcess};
+use crate::AgentConfig;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use vmo_api::kinds::kubevirt::VmiSpec;
+use vmo_api::{KindInfo, Object, Registry};
+use vmo_client::{informer, Client, ClientError};
+
+/// The finalizer the agent keeps on instances it runs.
+pub const AGENT_FINALIZER: &str = "vmo.io/agent";
+/// KubeVirt's default grace period for a guest to shut down.
+const DEFAULT_GRACE: Duration = Duration::from_secs(180);
+
+enum Command {
+    Stop { grace: Duration },
+}
+
+struct Runner {
+    client: Client,
+    config: AgentConfig,
+    accel: Accel,
+    vmi_kind: KindInfo,
+    secret_kind: KindInfo,
+}
+
+/// Runs every instance bound to this node until the task is dropped.
+pub async fn run(client: Client, config: AgentConfig, accel: Accel) {
+    let registry = Registry::builtin();
+    let runner = Arc::new(Runner {
+        client: client.clone(),
+        vmi_kind: *registry.resolve("vmi").expect("vmis are registered"),
+        secret_kind: *registry.resolve("secrets").expect("secrets are registered"),
+        config,
+        accel,
+    });
+    let changed = Arc::new(Notify::new());
+    let vmis = informer::start(
+        client,
+        runner.vmi_kind,
+        changed.clone(),
+        informer::every_change,
+    );
+    let mut owners: HashMap<String, (mpsc::UnboundedSender<Command>, tokio::task::JoinHandle<()>)> =
+        HashMap::new();
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        if !vmis.synced() {
+            continue;
+        }
+        owners.retain(|_, (_, task)| !task.is_finished());
+        let mine = vmis
+            .select(|v| v.status()["nodeName"].as_str() == Some(runner.config.node_name.as_str()));
+        for vmi in mine {
+            let uid = vmi.metadata.uid.clone();
+            let deleting = vmi.metadata.deletion_timestamp.is_some();
+            let has_finalizer = vmi.metadata.finalizers.iter().any(|f| f == AGENT_FINALIZER);
+            match owners.get(&uid) {
+                Some((commands, _)) if deleting => {
+                    let _ = commands.send(Command::Stop { grace: grace(&vmi) });
+                }
+                Some(_) => {}
+                None if deleting => {
+                    if has_finalizer {
+                        let runner = runner.clone();
+                        tokio::spawn(async move { runner.finish_deletion(&vmi).await });
+                    }
+                }
+                None => {
+                    let phase = vmi.status()["phase"].as_str().unwrap_or("");
+                    if matches!(phase, "Succeeded" | "Failed") {
+                        continue;
+                    }
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let runner = runner.clone();
+                    let task = tokio::spawn(async move { runner.own(vmi, rx).await });
+                    owners.insert(uid, (tx, task));
+                }
+            }
+        }
+    }
+}
+
+fn grace(vmi: &Object) -> Duration {
+    vmi.spec()["terminationGracePeriodSeconds"]
+        .as_u64()
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_GRACE)
+}
+
+/// A stable, locally administered MAC address for interface `index` of instance `uid`.
+pub fn mac_for(uid: &str, index: usize) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in uid.bytes().chain([index as u8]) {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    let b = h.to_be_bytes();
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4]
+    )
+}
+
+impl Runner {
+    fn run_dir(&self, vmi: &Object) -> PathBuf {
+        self.config.data_dir.join("vms").join(&vmi.metadata.uid)
+    }
+
+    async fn set_status(&self, vmi: &Object, status: Value) -> Result<(), ClientError> {
+        let path = vmo_client::path(
+            &self.vmi_kind,
+            Some(&vmi.metadata.namespace),
+            Some(&vmi.metadata.name),
+            Some("status"),
+        );
+        let body = serde_json::to_vec(&json!({"status": status})).unwrap_or_default();
+        self.client
+            .call(
+                http::Method::PATCH,
+                &format!("{path}?fieldManager=vmo-agent"),
+                Some(("application/merge-patch+json", body)),
+                "application/json",
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn fail(&self, vmi: &Object, reason: &str, message: &str) {
+        tracing::warn!(vmi = %vmi.display_name(), reason, message, "instance failed");
+        let status = json!({
+            "phase": "Failed",
+            "conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": message}],
+        });
+        if let Err(e) = self.set_status(vmi, status).await {
+            tracing::warn!(vmi = %vmi.display_name(), error = %e, "could not report the failure");
+        }
+    }
+
+    async fn add_finalizer(&self, vmi: &Object) -> Result<Object, ClientError> {
+        if vmi.metadata.finalizers.iter().any(|f| f == AGENT_FINALIZER) {
+            return Ok(vmi.clone());
+        }
+        let mut finalizers = vmi.metadata.finalizers.clone();
+        finalizers.push(AGENT_FINALIZER.into());
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": vmi.metadata.resource_version}});
+        self.client
+            .patch(
+                &self.vmi_kind,
+                &vmi.metadata.namespace,
+                &vmi.metadata.name,
+                "application/merge-patch+json",
+                serde_json::to_vec(&patch).unwrap_or_default(),
+                "fieldManager=vmo-agent",
+            )
+            .await
+    }
+
+    async fn finish_deletion(&self, vmi: &Object) {
+        let _ = std::fs::remove_dir_all(self.run_dir(vmi));
+        let finalizers: Vec<String> = vmi
+            .metadata
+            .finalizers
+            .iter()
+            .filter(|f| *f != AGENT_FINALIZER)
+            .cloned()
+            .collect();
+        let patch = json!({"metadata": {"finalizers": finalizers}});
+        if let Err(e) = self
+            .client
+            .patch(
+                &self.vmi_kind,
+                &vmi.metadata.namespace,
+                &vmi.metadata.name,
+                "application/merge-patch+json",
+                serde_json::to_vec(&patch).unwrap_or_default(),
+                "fieldManager=vmo-agent",
+            )
+            .await
+        {
+            if !e.is_not_found() {
+                tracing::warn!(vmi = %vmi.display_name(), error = %e, "could not release the instance");
+            }
+        }
+    }
+
+    async fn secrets_for(&self, vmi: &Object, spec: &VmiSpec) -> Result<Secrets, PlanError> {
+        let mut secrets = Secrets::new();
+        for (i, v) in spec.volumes.iter().enumerate() {
+            let Some(ci) = &v.cloud_init_no_cloud else {
+                continue;
+            };
+            for (field, r) in [
+                ("secretRef", &ci.secret_ref),
+                ("networkDataSecretRef", &ci.network_data_secret_ref),
+            ] {
+                let Some(r) = r else { continue };
+                let secret = self
+                    .client
+                    .get(&self.secret_kind, &vmi.metadata.namespace, &r.name)
+                    .await
+                    .map_err(|e| PlanError {
+                        field: format!("spec.volumes[{i}].cloudInitNoCloud.{field}"),
+                        why: format!("secret {:?}: {e}", r.name),
+                    })?;
+                secrets.insert(r.name.clone(), vmo_api::kinds::core::secret_data(&secret));
+            }
+        }
+        Ok(secrets)
+    }
+
+    async fn plan(&self, vmi: &Object, run_dir: &Path) -> Result<LaunchPlan, PlanError> {
+        let spec: VmiSpec =
+            vmo_api::kinds::kubevirt::decode_at(vmi.spec(), "spec").map_err(|e| PlanError {
+                field: e.path,
+                why: e.detail,
+            })?;
+        let secrets = self.secrets_for(vmi, &spec).await?;
+        let hostname = spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| vmi.metadata.name.clone());
+        let identity = Identity {
+            instance_id: vmi.metadata.uid.clone(),
+            hostname,
+        };
+        let disks = {
+            let (spec, run_dir) = (spec.clone(), run_dir.to_path_buf());
+            tokio::task::spawn_blocking(move || {
+                disks::prepare(&spec, &run_dir, &identity, &secrets)
+            })
+            .await
+            .map_err(|e| PlanError {
+                field: "spec.volumes".into(),
+                why: e.to_string(),
+            })??
+        };
+        let cpu = spec.domain.cpu.clone().unwrap_or_default();
+        let firmware = match spec
+            .domain
+            .firmware
+            .as_ref()
+            .and_then(|f| f.bootloader.as_ref())
+        {
+            Some(b) if b.efi.is_some() => {
+                let code = PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd");
+                let template = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
+                let vars = run_dir.join("efivars.fd");
+                if !vars.exists() {
+                    std::fs::copy(template, &vars).map_err(|e| PlanError {
+                        field: "spec.domain.firmware.bootloader.efi".into(),
+                        why: format!(
+                            "UEFI firmware is not installed on this node ({}): {e}",
+                            template.display()
+                        ),
+                    })?;
+                }
+                Firmware::Uefi { code, vars }
+            }
+            _ => Firmware::Bios,
+        };
+        let kernel = spec
+            .domain
+            .firmware
+            .as_ref()
+            .and_then(|f| f.kernel_boot.as_ref())
+            .and_then(|k| {
+                let c = k.container.as_ref()?;
+                Some((
+                    PathBuf::from(c.kernel_path.clone()?),
+                    c.initrd_path.clone().map(PathBuf::from),
+                    k.kernel_args.clone().unwrap_or_default(),
+                ))
+            });
+        let nat_nics = spec
+            .domain
+            .devices
+            .interfaces
+            .iter()
+            .enumerate()
+            .filter(|(_, nic)| {
+                spec.networks
+                    .iter()
+                    .any(|n| n.name == nic.name && n.pod.is_some())
+            })
+            .map(|(i, nic)| {
+                nic.mac_address
+                    .clone()
+                    .unwrap_or_else(|| mac_for(&vmi.metadata.uid, i))
+            })
+            .collect();
+        let (qmp_socket, serial_socket, vnc_socket, pidfile, _) = process::run_files(run_dir);
+        Ok(LaunchPlan {
+            name: format!("{}_{}", vmi.metadata.namespace, vmi.metadata.name),
+            uuid: vmi.metadata.uid.clone(),
+            accel: self.accel,
+            sockets: cpu.sockets.unwrap_or(1),
+            cores: cpu.cores.unwrap_or(1),
+            threads: cpu.threads.unwrap_or(1),
+            memory_mib: memory_mib(&spec)?,
+            firmware,
+            kernel,
+            disks,
+            nat_nics,
+            qmp_socket,
+            serial_socket,
+            vnc_socket,
+            pidfile,
+        })
+    }
+
+    /// The owner task of one instance.
+    async fn own(self: Arc<Self>, vmi: Object, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let name = vmi.display_name();
+        let vmi = match self.add_finalizer(&vmi).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(vmi = %name, error = %e, "could not take the instance yet");
+                return;
+            }
+        };
+        let run_dir = self.run_dir(&vmi);
+        let mut qemu: QemuProcess = match process::adopt(&run_dir, &vmi.metadata.uid).await {
+            Ok(q) => {
+                tracing::info!(vmi = %name, pid = q.pid, "adopted a running QEMU");
+                q
+            }
+            Err(_) if vmi.status()["phase"] == "Running" => {
+                self.fail(&vmi, "QemuGone", "QEMU is no longer running on this node")
+                    .await;
+                return;
+            }
+            Err(_) => {
+                if let Err(e) = std::fs::create_dir_all(&run_dir) {
+                    self.fail(&vmi, "RunDirectory", &e.to_string()).await;
+                    return;
+                }
+                let plan = match self.plan(&vmi, &run_dir).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.fail(&vmi, "InvalidSpec", &e.to_string()).await;
+                        return;
+                    }
+                };
+                match process::launch(&self.config.qemu_binary, &plan).await {
+                    Ok(q) => q,
+                    Err(e) => {
+                        self.fail(&vmi, "LaunchFailed", &e.to_string()).await;
+                        return;
+                    }
+                }
+            }
+        };
+        let paused = matches!(qemu.qmp.status().await.as_deref(), Ok("paused"));
+        let interfaces: Vec<Value> = vmi.spec()["domain"]["devices"]["interfaces"]
+            .as_array()
+            .map(|nics| {
+                nics.iter()
+                    .enumerate()
+                    .map(|(i, n)| json!({"name": n["name"], "mac": n["macAddress"].as_str().map(str::to_string).unwrap_or_else(|| mac_for(&vmi.metadata.uid, i))}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let running = json!({
+            "phase": "Running",
+            "nodeName": self.config.node_name,
+            "interfaces": interfaces,
+            "conditions": conditions(true, paused),
+        });
+        if let Err(e) = self.set_status(&vmi, running).await {
+            tracing::warn!(vmi = %name, error = %e, "could not report Running");
+        }
+        tracing::info!(vmi = %name, pid = qemu.pid, "instance running");
+        let mut guest_shutdown = false;
+        let mut stop_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let wait = async {
+                match stop_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = qemu.events.recv() => match event {
+                    Some(e) if e.name == "SHUTDOWN" => guest_shutdown = e.data["guest"].as_bool().unwrap_or(false) || stop_deadline.is_some(),
+                    Some(e) if e.name == "STOP" || e.name == "RESUME" => {
+                        let paused = e.name == "STOP";
+                        let _ = self.set_status(&vmi, json!({"conditions": conditions(true, paused)})).await;
+                    }
+                    Some(_) => {}
+                    None => break, // QEMU exited
+                },
+                command = commands.recv() => match command {
+                    Some(Command::Stop { grace }) if stop_deadline.is_none() => {
+                        tracing::info!(vmi = %name, ?grace, "stopping: ACPI power-down");
+                        let _ = qemu.qmp.execute("system_powerdown", None).await;
+                        stop_deadline = Some(tokio::time::Instant::now() + grace);
+                    }
+                    _ => {}
+                },
+                _ = wait => {
+                    tracing::warn!(vmi = %name, "the guest did not shut down within its grace period; killing QEMU");
+                    process::kill(qemu.pid);
+                    stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+                }
+            }
+        }
+        let stopping = stop_deadline.is_some();
+        if stopping {
+            if let Ok(fresh) = self
+                .client
+                .get(&self.vmi_kind, &vmi.metadata.namespace, &vmi.metadata.name)
+                .await
+            {
+                self.finish_deletion(&fresh).await;
+            }
+        } else if guest_shutdown {
+            let _ = self
+                .set_status(
+                    &vmi,
+                    json!({"phase": "Succeeded", "conditions": conditions(false, false)}),
+                )
+                .await;
+        } else {
+            self.fail(&vmi, "QemuExited", "QEMU exited unexpectedly")
+                .await;
+        }
+        tracing::info!(vmi = %name, "instance ended");
+    }
+}
+
+fn conditions(ready: bool, paused: bool) -> Value {
+    let mut list =
+        vec![json!({"type": "Ready", "status": if ready && !paused { "True" } else { "False" }})];
+    if paused {
+        list.push(json!({"type": "Paused", "status": "True", "reason": "PausedByUser"}));
+    }
+    Value::Array(list)
+}

@@ -1,0 +1,235 @@
+//! The VirtualMachine controller: keeps one VirtualMachineInstance per VirtualMachine according to
+//! its run strategy, and reports the VM's `printableStatus`, `created`, `ready` and conditions.
+//!
+//! | runStrategy    | instance wanted                                   | after the instance ends |
+//! |----------------|---------------------------------------------------|-------------------------|
+//! | Always         | yes                                               | replaced                |
+//! | RerunOnFailure | yes                                               | replaced if it Failed   |
+//! | Halted         | no (a running one is stopped)                     | -                       |
+//! | Manual, Once   | created once, then left to start/stop requests    | left as it ended        |
+//!
+//! The legacy `running: true|false` means Always or Halted.
+
+use crate::informer::{self, Cache};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use vmo_api::{KindInfo, Object, Registry};
+use vmo_client::{Client, ClientError};
+
+/// The label an instance carries with the name of the VM it belongs to (KubeVirt's).
+pub const VM_LABEL: &str = "vm.kubevirt.io/name";
+
+/// The run strategy in effect.
+pub fn run_strategy(vm: &Object) -> String {
+    let spec = vm.spec();
+    if let Some(s) = spec["runStrategy"].as_str() {
+        return s.to_string();
+    }
+    match spec["running"].as_bool() {
+        Some(true) => "Always".into(),
+        _ => "Halted".into(),
+    }
+}
+
+/// Runs the controller until the task is dropped.
+pub async fn run(client: Client, registry: Arc<Registry>) {
+    let changed = Arc::new(Notify::new());
+    let vm_kind = *registry.resolve("vm").expect("vms are registered");
+    let vmi_kind = *registry.resolve("vmi").expect("vmis are registered");
+    let vms = informer::start(
+        client.clone(),
+        vm_kind,
+        changed.clone(),
+        informer::every_change,
+    );
+    let vmis = informer::start(
+        client.clone(),
+        vmi_kind,
+        changed.clone(),
+        informer::every_change,
+    );
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        if !(vms.synced() && vmis.synced()) {
+            continue;
+        }
+        for vm in vms.list() {
+            if let Err(e) = reconcile(&client, &vm_kind, &vmi_kind, &vm, &vmis).await {
+                if !e.is_conflict() && !e.is_not_found() {
+                    tracing::warn!(vm = %vm.display_name(), error = %e, "reconciling VM failed; will retry");
+                }
+                changed.notify_one();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+fn phase(vmi: &Object) -> &str {
+    vmi.status()["phase"].as_str().unwrap_or("Pending")
+}
+
+fn instance_for(vm: &Object) -> Value {
+    let template = &vm.spec()["template"];
+    let mut labels = template["metadata"]["labels"].clone();
+    if !labels.is_object() {
+        labels = json!({});
+    }
+    labels[VM_LABEL] = json!(vm.metadata.name);
+    let annotations = match &template["metadata"]["annotations"] {
+        Value::Object(a) => Value::Object(a.clone()),
+        _ => json!({}),
+    };
+    json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {
+            "name": vm.metadata.name,
+            "namespace": vm.metadata.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+                "name": vm.metadata.name, "uid": vm.metadata.uid,
+                "controller": true, "blockOwnerDeletion": true
+            }],
+        },
+        "spec": template["spec"].clone(),
+    })
+}
+
+async fn reconcile(
+    client: &Client,
+    vm_kind: &KindInfo,
+    vmi_kind: &KindInfo,
+    vm: &Object,
+    vmis: &Cache,
+) -> Result<(), ClientError> {
+    let ns = &vm.metadata.namespace;
+    let vmi = vmis
+        .select(|i| i.metadata.namespace == *ns && i.metadata.name == vm.metadata.name)
+        .into_iter()
+        .find(|i| {
+            i.metadata
+                .owner_references
+                .iter()
+                .any(|r| r.uid == vm.metadata.uid)
+        });
+    let strategy = run_strategy(vm);
+    let deleting = vm.metadata.deletion_timestamp.is_some();
+    match (&vmi, strategy.as_str()) {
+        (None, "Always" | "RerunOnFailure") if !deleting => {
+            client.create(vmi_kind, ns, &instance_for(vm)).await?;
+        }
+        (None, "Once" | "Manual") if !deleting && vm.status()["created"].is_null() => {
+            client.create(vmi_kind, ns, &instance_for(vm)).await?;
+        }
+        (Some(i), _) if i.metadata.deletion_timestamp.is_none() => {
+            let ended = matches!(phase(i), "Succeeded" | "Failed");
+            let replace = ended
+                && (strategy == "Always" || (strategy == "RerunOnFailure" && phase(i) == "Failed"));
+            if deleting || strategy == "Halted" || replace {
+                client
+                    .delete_with_uid(
+                        vmi_kind,
+                        ns,
+                        &i.metadata.name,
+                        "Background",
+                        Some(&i.metadata.uid),
+                    )
+                    .await?;
+            }
+        }
+        _ => {}
+    }
+    write_status(client, vm_kind, vm, vmi.as_ref(), &strategy).await
+}
+
+fn printable_status(vm: &Object, vmi: Option<&Object>) -> &'static str {
+    if vm.metadata.deletion_timestamp.is_some() {
+        return "Terminating";
+    }
+    let Some(i) = vmi else { return "Stopped" };
+    if i.metadata.deletion_timestamp.is_some() {
+        return "Stopping";
+    }
+    let paused = i.status()["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Paused" && c["status"] == "True")
+    });
+    match phase(i) {
+        "Running" if paused => "Paused",
+        "Running" => "Running",
+        "Succeeded" => "Stopped",
+        "Failed" => {
+            let unschedulable = i.status()["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["reason"] == "Unschedulable"));
+            if unschedulable {
+                "ErrorUnschedulable"
+            } else {
+                "CrashLoopBackOff"
+            }
+        }
+        _ => {
+            let unschedulable = i.status()["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["reason"] == "Unschedulable"));
+            if unschedulable {
+                "ErrorUnschedulable"
+            } else {
+                "Starting"
+            }
+        }
+    }
+}
+
+async fn write_status(
+    client: &Client,
+    kind: &KindInfo,
+    vm: &Object,
+    vmi: Option<&Object>,
+    strategy: &str,
+) -> Result<(), ClientError> {
+    let printable = printable_status(vm, vmi);
+    let ready = vmi.is_some_and(|i| {
+        i.status()["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    });
+    let mut status = vm.status().clone();
+    if !status.is_object() {
+        status = json!({});
+    }
+    let before = status.clone();
+    status["printableStatus"] = json!(printable);
+    status["ready"] = json!(ready);
+    status["runStrategy"] = json!(strategy);
+    status["observedGeneration"] = json!(vm.metadata.generation);
+    if vmi.is_some() {
+        status["created"] = json!(true);
+    } else if !matches!(strategy, "Once" | "Manual") {
+        status.as_object_mut().map(|s| s.remove("created"));
+    }
+    let ready_condition = json!({
+        "type": "Ready",
+        "status": if ready { "True" } else { "False" },
+        "reason": if ready { "" } else { printable },
+    });
+    status["conditions"] = json!([ready_condition]);
+    if status == before {
+        return Ok(());
+    }
+    let mut updated = vm.clone();
+    updated.body.insert("status".into(), status);
+    client
+        .update(kind, &updated, Some("status"))
+        .await
+        .map(|_| ())
+}
