@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on a fresh Debian 12 machine with a Rust toolchain:
-# installs what the tests need (kubectl from Debian's kubernetes-client, cargo-nextest), checks
-# formatting and lints, then runs every test with nextest.
+# installs what the tests need (kubectl from Debian's kubernetes-client, QEMU 10 from
+# bookworm-backports, the test guest, cargo-nextest), checks formatting and lints, then runs every
+# test with nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,13 @@ if [ ! -x "$debian_kubectl" ]; then
     dpkg -x target/tools/kubernetes-client_*.deb target/tools/kubernetes-client
 fi
 export VMO_EXTRA_KUBECTL="$PWD/$debian_kubectl"
+
+# QEMU 10 (bookworm-backports) and the tools the test guest is built with; then the guest itself,
+# built once and cached outside the repository.
+echo "== QEMU and the test guest"
+./scripts/install-qemu.sh
+VMO_TEST_GUEST=$(./scripts/guest/build.sh | tail -n 1)
+export VMO_TEST_GUEST VMO_REQUIRE_QEMU=1
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "== installing cargo-nextest"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds vmo and runs `vmo up`: the API server, controllers and embedded store, with TLS and an admin
+# Installs QEMU, builds vmo and runs `vmo up`: the API server, controllers and embedded store, with TLS and an admin
 # token created on first start. Arguments go to `vmo up` (for example --listen 0.0.0.0:6443).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,5 +7,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "vmo needs a Rust toolchain (cargo) to build; install it with rustup first" >&2
     exit 1
 fi
+# The node agent runs VMs with QEMU 10 from bookworm-backports.
+./scripts/install-qemu.sh
 cargo build --release --bin vmo
 exec ./target/release/vmo up "$@"

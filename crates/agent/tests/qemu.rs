@@ -8,7 +8,6 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 use vmo_agent::vm::disks::{self, Identity, Secrets};
 use vmo_agent::vm::plan::{memory_mib, Accel, Firmware, LaunchPlan};
 use vmo_agent::vm::process::{self, ProcessError};
@@ -17,40 +16,8 @@ use vmo_api::kinds::kubevirt::VmiSpec;
 const QEMU: &str = "qemu-system-x86_64";
 const BOOT_DEADLINE: Duration = Duration::from_secs(150);
 
-/// The test guest's directory, or `None` (with the reason printed) when this machine cannot run it.
 fn guest() -> Option<PathBuf> {
-    let required = std::env::var_os("VMO_REQUIRE_QEMU").is_some();
-    let skip = |why: &str| {
-        if required {
-            panic!("VMO_REQUIRE_QEMU is set but {why}");
-        }
-        eprintln!("SKIPPED: {why}");
-        None
-    };
-    if Command::new(QEMU).arg("--version").output().is_err() {
-        return skip("qemu-system-x86_64 is not installed (scripts/install-qemu.sh installs it)");
-    }
-    if let Some(dir) = std::env::var_os("VMO_TEST_GUEST") {
-        return Some(PathBuf::from(dir));
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest/build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("run build.sh");
-    if !out.status.success() {
-        return skip(&format!(
-            "the test guest did not build: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let dir = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    Some(PathBuf::from(dir))
+    vmo_testkit::test_guest()
 }
 
 fn plan_for(spec: &VmiSpec, run_dir: &Path, name: &str, uuid: &str) -> LaunchPlan {
@@ -92,30 +59,8 @@ fn plan_for(spec: &VmiSpec, run_dir: &Path, name: &str, uuid: &str) -> LaunchPla
     }
 }
 
-/// Reads the serial console until `marker` appears; returns everything read.
 async fn console_until(socket: &Path, marker: &str, deadline: Duration) -> String {
-    let start = Instant::now();
-    let mut stream = loop {
-        match tokio::net::UnixStream::connect(socket).await {
-            Ok(s) => break s,
-            Err(_) if start.elapsed() < Duration::from_secs(10) => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(e) => panic!("serial socket {}: {e}", socket.display()),
-        }
-    };
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains(marker) {
-        let left = deadline.saturating_sub(start.elapsed());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Ok(Ok(0)) => panic!("console closed before {marker:?}; saw:\n{seen}"),
-            Ok(Ok(n)) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-            Ok(Err(e)) => panic!("console read: {e}"),
-            Err(_) => panic!("no {marker:?} within {deadline:?}; saw:\n{seen}"),
-        }
-    }
-    seen
+    vmo_testkit::console_until(socket, marker, deadline).await
 }
 
 fn kernel_boot_spec(guest: &Path) -> VmiSpec {

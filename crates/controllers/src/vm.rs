@@ -15,7 +15,19 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+use vmo_api::meta::{format_rfc3339, parse_rfc3339, unix_now};
 use vmo_api::{KindInfo, Object, Registry};
+
+/// First wait after a failed start; doubled per consecutive failure, up to `MAX_BACKOFF_SECS`.
+const FIRST_BACKOFF_SECS: i64 = 10;
+const MAX_BACKOFF_SECS: i64 = 300;
+
+/// When the next start may be tried after failures (`status.startFailure.retryAfterTimestamp`).
+fn retry_after(vm: &Object) -> Option<i64> {
+    vm.status()["startFailure"]["retryAfterTimestamp"]
+        .as_str()
+        .and_then(parse_rfc3339)
+}
 use vmo_client::{Client, ClientError};
 
 /// The label an instance carries with the name of the VM it belongs to (KubeVirt's).
@@ -133,7 +145,9 @@ async fn reconcile(
             let ended = matches!(phase(i), "Succeeded" | "Failed");
             let replace = ended
                 && (strategy == "Always" || (strategy == "RerunOnFailure" && phase(i) == "Failed"));
-            if deleting || strategy == "Halted" || replace {
+            let backing_off =
+                phase(i) == "Failed" && retry_after(vm).is_some_and(|t| t > unix_now());
+            if deleting || strategy == "Halted" || (replace && !backing_off) {
                 client
                     .delete_with_uid(
                         vmi_kind,
@@ -196,7 +210,9 @@ async fn write_status(
     vmi: Option<&Object>,
     strategy: &str,
 ) -> Result<(), ClientError> {
-    let printable = printable_status(vm, vmi);
+    let mut printable = printable_status(vm, vmi);
+    let failed_now = vmi.is_some_and(|i| phase(i) == "Failed");
+    let running_now = vmi.is_some_and(|i| phase(i) == "Running");
     let ready = vmi.is_some_and(|i| {
         i.status()["conditions"].as_array().is_some_and(|c| {
             c.iter()
@@ -208,6 +224,26 @@ async fn write_status(
         status = json!({});
     }
     let before = status.clone();
+    if running_now {
+        status.as_object_mut().map(|s| s.remove("startFailure"));
+    } else if failed_now && printable != "ErrorUnschedulable" {
+        let failed_uid = vmi.map(|i| i.metadata.uid.clone()).unwrap_or_default();
+        let counted =
+            status["startFailure"]["lastFailedVMIUID"].as_str() == Some(failed_uid.as_str());
+        if !counted {
+            let count = status["startFailure"]["consecutiveFailCount"]
+                .as_i64()
+                .unwrap_or(0)
+                + 1;
+            let wait = (FIRST_BACKOFF_SECS << (count - 1).min(10)).min(MAX_BACKOFF_SECS);
+            status["startFailure"] = json!({
+                "consecutiveFailCount": count,
+                "lastFailedVMIUID": failed_uid,
+                "retryAfterTimestamp": format_rfc3339(unix_now() + wait),
+            });
+        }
+        printable = "CrashLoopBackOff";
+    }
     status["printableStatus"] = json!(printable);
     status["ready"] = json!(ready);
     status["runStrategy"] = json!(strategy);

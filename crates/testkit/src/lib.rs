@@ -374,3 +374,74 @@ pub fn vm_manifest(name: &str) -> serde_json::Value {
         }
     })
 }
+
+/// The test guest's directory (`VMO_TEST_GUEST`, else built by `scripts/guest/build.sh`), or `None`
+/// with the reason printed when this machine cannot run guests. With `VMO_REQUIRE_QEMU` set (the
+/// test script sets it) a missing QEMU or guest fails the test instead.
+pub fn test_guest() -> Option<PathBuf> {
+    let required = std::env::var_os("VMO_REQUIRE_QEMU").is_some();
+    let skip = |why: String| {
+        if required {
+            panic!("VMO_REQUIRE_QEMU is set but {why}");
+        }
+        eprintln!("SKIPPED: {why}");
+        None
+    };
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return skip(
+            "qemu-system-x86_64 is not installed (scripts/install-qemu.sh installs it)".into(),
+        );
+    }
+    if let Some(dir) = std::env::var_os("VMO_TEST_GUEST") {
+        return Some(PathBuf::from(dir));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest/build.sh");
+    let out = match Command::new("bash").arg(&script).output() {
+        Ok(o) => o,
+        Err(e) => return skip(format!("cannot run {}: {e}", script.display())),
+    };
+    if !out.status.success() {
+        return skip(format!(
+            "the test guest did not build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Some(PathBuf::from(dir))
+}
+
+/// Reads a VM's serial console (a unix socket QEMU serves) until `marker`; returns what was read.
+pub async fn console_until(socket: &Path, marker: &str, deadline: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut stream = loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(s) => break s,
+            Err(_) if start.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("serial socket {}: {e}", socket.display()),
+        }
+    };
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(marker) {
+        let left = deadline.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) => panic!("console closed before {marker:?}; saw:\n{seen}"),
+            Ok(Ok(n)) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Ok(Err(e)) => panic!("console read: {e}"),
+            Err(_) => panic!("no {marker:?} within {deadline:?}; saw:\n{seen}"),
+        }
+    }
+    seen
+}

@@ -142,7 +142,9 @@ pub async fn launch(binary: &str, plan: &LaunchPlan) -> Result<QemuProcess, Proc
                     // QEMU opens QMP before its disks: a disk it cannot open ends it right here.
                     for _ in 0..100 {
                         if is_zombie(pid) || !Path::new(&format!("/proc/{pid}")).exists() {
-                            return Err(ProcessError::EarlyExit { log_tail: log_tail(&log) });
+                            return Err(ProcessError::EarlyExit {
+                                log_tail: log_tail(&log),
+                            });
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }

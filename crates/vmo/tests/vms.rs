@@ -1,0 +1,249 @@
+//! VirtualMachines end to end with real QEMU (TCG) under a real `vmo up`: a VM applied as YAML boots
+//! the test guest with its cloud-init; kill -9 of `vmo up` leaves the guest running and the restarted
+//! agent adopts it; a QEMU killed from outside is reported and replaced per runStrategy; Halted
+//! stops the guest by ACPI; a VM whose disk is missing fails with the field named and backs off;
+//! deleting a VM removes its instance and its QEMU.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use vmo_api::{Object, Registry};
+use vmo_client::Client;
+use vmo_testkit::{console_until, test_guest, wait_for, KeptDir, VmoProcess};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn vmo() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vmo"))
+}
+
+fn manifest(name: &str, guest: &Path, strategy: &str) -> String {
+    let kernel = if guest.join("vmlinux").exists() {
+        "vmlinux"
+    } else {
+        "vmlinuz"
+    };
+    format!(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: {strategy}
+  template:
+    spec:
+      terminationGracePeriodSeconds: 20
+      domain:
+        memory:
+          guest: 192Mi
+        firmware:
+          kernelBoot:
+            kernelArgs: console=ttyS0 quiet vmo.netwait=0
+            container:
+              kernelPath: {g}/{kernel}
+              initrdPath: {g}/initrd.img
+        devices:
+          disks:
+            - name: cloudinit
+              disk: {{bus: virtio}}
+      volumes:
+        - name: cloudinit
+          cloudInitNoCloud:
+            userData: |
+              #!/bin/sh
+              echo VMO-E2E-USERDATA {name}
+"#,
+        g = guest.display()
+    )
+}
+
+async fn vm(client: &Client, name: &str) -> Option<Object> {
+    client
+        .get(Registry::builtin().resolve("vm").unwrap(), "default", name)
+        .await
+        .ok()
+}
+
+async fn vmi(client: &Client, name: &str) -> Option<Object> {
+    client
+        .get(Registry::builtin().resolve("vmi").unwrap(), "default", name)
+        .await
+        .ok()
+}
+
+fn printable(o: &Object) -> String {
+    o.status()["printableStatus"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn wait_printable(client: &Client, name: &str, want: &str) -> Object {
+    wait_for(&format!("VM {name} {want}"), WAIT, || async {
+        vm(client, name).await.filter(|v| printable(v) == want)
+    })
+    .await
+}
+
+fn run_dir(data: &Path, uid: &str) -> PathBuf {
+    data.join("agent").join("vms").join(uid)
+}
+
+fn qemu_pid(data: &Path, uid: &str) -> u32 {
+    std::fs::read_to_string(run_dir(data, uid).join("qemu.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_machine_lifecycle_with_real_qemu() {
+    let Some(guest) = test_guest() else { return };
+    let dir = KeptDir::new("vmo-vms-");
+    let data = dir.path().join("data");
+    let args = [
+        "--accel",
+        "tcg",
+        "--heartbeat-interval",
+        "1s",
+        "--node-name",
+        "node-a",
+    ];
+    let up = VmoProcess::start_with_args(vmo(), &data, &args).await;
+    let client = up.client();
+
+    // Apply: the VM starts, its instance runs on the node, the guest boots with its cloud-init.
+    let (ok, out, err) = up.cli_with_input(
+        &["apply", "-f", "-"],
+        Some(&manifest("web", &guest, "Always")),
+    );
+    assert!(ok, "{out}{err}");
+    wait_printable(&client, "web", "Running").await;
+    let instance = vmi(&client, "web").await.unwrap();
+    assert_eq!(instance.status()["phase"], "Running");
+    assert_eq!(instance.status()["nodeName"], "node-a");
+    let uid = instance.metadata.uid.clone();
+    let console = console_until(
+        &run_dir(&data, &uid).join("serial.sock"),
+        "VMO-GUEST: ready",
+        Duration::from_secs(150),
+    )
+    .await;
+    assert!(console.contains("VMO-E2E-USERDATA web"), "{console}");
+    assert!(
+        console.contains("cloud-init done hostname=web"),
+        "{console}"
+    );
+    let (_, table, _) = up.cli(&["get", "vmi"]);
+    assert!(
+        table.contains("Running") && table.contains("node-a"),
+        "{table}"
+    );
+
+    // kill -9 of `vmo up` (its agent inside) leaves the guest running; the restart adopts it.
+    let pid = qemu_pid(&data, &uid);
+    let mut up = up;
+    assert!(!up.signal_and_wait("KILL"));
+    assert!(alive(pid), "QEMU survives kill -9 of vmo up");
+    let up = VmoProcess::start_with_args(vmo(), &data, &args).await;
+    let client = up.client();
+    wait_for("adoption", WAIT, || async {
+        up.log().contains("adopted a running QEMU").then_some(())
+    })
+    .await;
+    assert_eq!(
+        vmi(&client, "web").await.unwrap().metadata.uid,
+        uid,
+        "the same instance carries on"
+    );
+    assert_eq!(printable(&vm(&client, "web").await.unwrap()), "Running");
+    assert_eq!(qemu_pid(&data, &uid), pid);
+
+    // QEMU killed from outside: reported, and replaced because the strategy is Always.
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    let replaced = wait_for("a replacement instance", WAIT, || async {
+        vmi(&client, "web")
+            .await
+            .filter(|i| i.metadata.uid != uid && i.status()["phase"] == "Running")
+    })
+    .await;
+    let new_pid = qemu_pid(&data, &replaced.metadata.uid);
+    assert_ne!(new_pid, pid);
+
+    // Halted: ACPI power-down, the instance goes, QEMU exits.
+    let (ok, _, err) = up.cli_with_input(
+        &["apply", "-f", "-"],
+        Some(&manifest("web", &guest, "Halted")),
+    );
+    assert!(ok, "{err}");
+    wait_printable(&client, "web", "Stopped").await;
+    wait_for("QEMU gone after Halted", WAIT, || async {
+        (!alive(new_pid)).then_some(())
+    })
+    .await;
+    assert!(vmi(&client, "web").await.is_none());
+
+    // A VM whose disk does not exist: the instance fails naming the field, the VM backs off.
+    let broken = manifest("broken", &guest, "Always").replace(
+        "        - name: cloudinit\n          cloudInitNoCloud:",
+        "        - name: cloudinit\n          hostDisk:\n            path: /nonexistent/disk.img\n            type: Disk\n          x-was-cloudInitNoCloud:",
+    );
+    let (ok, _, err) = up.cli_with_input(&["apply", "-f", "-"], Some(&broken));
+    assert!(ok, "{err}");
+    let failed = wait_for("the broken instance to fail", WAIT, || async {
+        vmi(&client, "broken")
+            .await
+            .filter(|i| i.status()["phase"] == "Failed")
+    })
+    .await;
+    let message = failed.status()["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.contains("spec.volumes[0].hostDisk.path")
+            && message.contains("/nonexistent/disk.img"),
+        "{message}"
+    );
+    let backing_off = wait_printable(&client, "broken", "CrashLoopBackOff").await;
+    assert!(backing_off.status()["startFailure"]["retryAfterTimestamp"].is_string());
+
+    // Deleting a VM removes its instance (and its QEMU).
+    let (ok, _, err) = up.cli_with_input(
+        &["apply", "-f", "-"],
+        Some(&manifest("web", &guest, "Always")),
+    );
+    assert!(ok, "{err}");
+    let running = wait_for("web running again", WAIT, || async {
+        vmi(&client, "web")
+            .await
+            .filter(|i| i.status()["phase"] == "Running")
+    })
+    .await;
+    let last_pid = qemu_pid(&data, &running.metadata.uid);
+    let (ok, _, err) = up.cli(&["delete", "vm", "web", "broken"]);
+    assert!(ok, "{err}");
+    wait_for("instances gone", WAIT, || async {
+        (vmi(&client, "web").await.is_none() && vmi(&client, "broken").await.is_none())
+            .then_some(())
+    })
+    .await;
+    wait_for("QEMU gone after delete", WAIT, || async {
+        (!alive(last_pid)).then_some(())
+    })
+    .await;
+}
