@@ -396,6 +396,9 @@ impl Runner {
         tracing::info!(vmi = %name, pid = qemu.pid, "instance running");
         let mut guest_shutdown = false;
         let mut stop_deadline: Option<tokio::time::Instant> = None;
+        // While stopping, the power button is pressed again now and then: a guest still booting
+        // ignores the first press.
+        let mut press_again = tokio::time::interval(Duration::from_secs(5));
         loop {
             let wait = async {
                 match stop_deadline {
@@ -421,6 +424,9 @@ impl Runner {
                     }
                     _ => {}
                 },
+                _ = press_again.tick(), if stop_deadline.is_some() => {
+                    let _ = qemu.qmp.execute("system_powerdown", None).await;
+                }
                 _ = wait => {
                     tracing::warn!(vmi = %name, "the guest did not shut down within its grace period; killing QEMU");
                     process::kill(qemu.pid);

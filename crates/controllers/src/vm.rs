@@ -134,12 +134,15 @@ async fn reconcile(
         });
     let strategy = run_strategy(vm);
     let deleting = vm.metadata.deletion_timestamp.is_some();
+    // What the instance is after this reconcile, for the status (the cache lags behind our writes).
+    let mut now: Option<Option<Object>> = None;
     match (&vmi, strategy.as_str()) {
         (None, "Always" | "RerunOnFailure") if !deleting => {
-            client.create(vmi_kind, ns, &instance_for(vm)).await?;
+            // Report what was just done, not the cache's older view.
+            now = Some(Some(client.create(vmi_kind, ns, &instance_for(vm)).await?));
         }
         (None, "Once" | "Manual") if !deleting && vm.status()["created"].is_null() => {
-            client.create(vmi_kind, ns, &instance_for(vm)).await?;
+            now = Some(Some(client.create(vmi_kind, ns, &instance_for(vm)).await?));
         }
         (Some(i), _) if i.metadata.deletion_timestamp.is_none() => {
             let ended = matches!(phase(i), "Succeeded" | "Failed");
@@ -148,7 +151,7 @@ async fn reconcile(
             let backing_off =
                 phase(i) == "Failed" && retry_after(vm).is_some_and(|t| t > unix_now());
             if deleting || strategy == "Halted" || (replace && !backing_off) {
-                client
+                let deleted = client
                     .delete_with_uid(
                         vmi_kind,
                         ns,
@@ -157,10 +160,18 @@ async fn reconcile(
                         Some(&i.metadata.uid),
                     )
                     .await?;
+                now = Some(
+                    deleted
+                        .metadata
+                        .deletion_timestamp
+                        .is_some()
+                        .then_some(deleted),
+                );
             }
         }
         _ => {}
     }
+    let vmi = now.unwrap_or(vmi);
     write_status(client, vm_kind, vm, vmi.as_ref(), &strategy).await
 }
 

@@ -195,7 +195,10 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
         (!alive(new_pid)).then_some(())
     })
     .await;
-    assert!(vmi(&client, "web").await.is_none());
+    wait_for("instance gone after Halted", WAIT, || async {
+        vmi(&client, "web").await.is_none().then_some(())
+    })
+    .await;
 
     // A VM whose disk does not exist: the instance fails naming the field, the VM backs off.
     let broken = manifest("broken", &guest, "Always").replace(
