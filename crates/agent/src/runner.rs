@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use vmo_api::kinds::kubevirt::VmiSpec;
 use vmo_api::{KindInfo, Object, Registry};
+use vmo_client::events::{EventType, Recorder};
 use vmo_client::{informer, Client, ClientError};
 
 /// The finalizer the agent keeps on instances it runs.
@@ -39,6 +40,7 @@ enum Command {
 
 struct Runner {
     client: Client,
+    events: Recorder,
     config: AgentConfig,
     accel: Accel,
     vmi_kind: KindInfo,
@@ -50,6 +52,7 @@ pub async fn run(client: Client, config: AgentConfig, accel: Accel) {
     let registry = Registry::builtin();
     let runner = Arc::new(Runner {
         client: client.clone(),
+        events: Recorder::new(client.clone(), "vmo-agent", &config.node_name),
         vmi_kind: *registry.resolve("vmi").expect("vmis are registered"),
         secret_kind: *registry.resolve("secrets").expect("secrets are registered"),
         config,
@@ -151,6 +154,9 @@ impl Runner {
 
     async fn fail(&self, vmi: &Object, reason: &str, message: &str) {
         tracing::warn!(vmi = %vmi.display_name(), reason, message, "instance failed");
+        self.events
+            .record(vmi, EventType::Warning, reason, message)
+            .await;
         let status = json!({
             "phase": "Failed",
             "conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": message}],
@@ -346,6 +352,13 @@ impl Runner {
         let mut qemu: QemuProcess = match process::adopt(&run_dir, &vmi.metadata.uid).await {
             Ok(q) => {
                 tracing::info!(vmi = %name, pid = q.pid, "adopted a running QEMU");
+                let message = format!(
+                    "Adopted the running QEMU (pid {}) after an agent restart",
+                    q.pid
+                );
+                self.events
+                    .record(&vmi, EventType::Normal, "Adopted", &message)
+                    .await;
                 q
             }
             Err(_) if vmi.status()["phase"] == "Running" => {
@@ -366,7 +379,16 @@ impl Runner {
                     }
                 };
                 match process::launch(&self.config.qemu_binary, &plan).await {
-                    Ok(q) => q,
+                    Ok(q) => {
+                        let message = format!(
+                            "VirtualMachineInstance started on {} (QEMU pid {})",
+                            self.config.node_name, q.pid
+                        );
+                        self.events
+                            .record(&vmi, EventType::Normal, "Started", &message)
+                            .await;
+                        q
+                    }
                     Err(e) => {
                         self.fail(&vmi, "LaunchFailed", &e.to_string()).await;
                         return;
@@ -419,6 +441,8 @@ impl Runner {
                 command = commands.recv() => match command {
                     Some(Command::Stop { grace }) if stop_deadline.is_none() => {
                         tracing::info!(vmi = %name, ?grace, "stopping: ACPI power-down");
+                        let message = format!("Signaled graceful shutdown (ACPI power button); grace period {}s", grace.as_secs());
+                        self.events.record(&vmi, EventType::Normal, "ShuttingDown", &message).await;
                         let _ = qemu.qmp.execute("system_powerdown", None).await;
                         stop_deadline = Some(tokio::time::Instant::now() + grace);
                     }
@@ -429,6 +453,7 @@ impl Runner {
                 }
                 _ = wait => {
                     tracing::warn!(vmi = %name, "the guest did not shut down within its grace period; killing QEMU");
+                    self.events.record(&vmi, EventType::Warning, "GracePeriodExpired", "The guest did not shut down within its grace period; QEMU was killed").await;
                     process::kill(qemu.pid);
                     stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
                 }
@@ -436,6 +461,14 @@ impl Runner {
         }
         let stopping = stop_deadline.is_some();
         if stopping {
+            self.events
+                .record(
+                    &vmi,
+                    EventType::Normal,
+                    "Stopped",
+                    "The VirtualMachineInstance was shut down",
+                )
+                .await;
             if let Ok(fresh) = self
                 .client
                 .get(&self.vmi_kind, &vmi.metadata.namespace, &vmi.metadata.name)
@@ -444,6 +477,9 @@ impl Runner {
                 self.finish_deletion(&fresh).await;
             }
         } else if guest_shutdown {
+            self.events
+                .record(&vmi, EventType::Normal, "Stopped", "The guest shut down")
+                .await;
             let _ = self
                 .set_status(
                     &vmi,

@@ -3,6 +3,7 @@
 //! It reads a kubeconfig, trusts the CA in it, sends the bearer token, keeps a small pool of
 //! keep-alive HTTP/1.1 connections, and turns error responses back into the server's `Status`.
 
+pub mod events;
 pub mod informer;
 pub mod kubeconfig;
 

@@ -28,6 +28,7 @@ fn retry_after(vm: &Object) -> Option<i64> {
         .as_str()
         .and_then(parse_rfc3339)
 }
+use vmo_client::events::{EventType, Recorder};
 use vmo_client::{Client, ClientError};
 
 /// The label an instance carries with the name of the VM it belongs to (KubeVirt's).
@@ -62,6 +63,7 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
         changed.clone(),
         informer::every_change,
     );
+    let recorder = Recorder::new(client.clone(), "vmo-vm-controller", "");
     loop {
         tokio::select! {
             _ = changed.notified() => {}
@@ -71,7 +73,7 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
             continue;
         }
         for vm in vms.list() {
-            if let Err(e) = reconcile(&client, &vm_kind, &vmi_kind, &vm, &vmis).await {
+            if let Err(e) = reconcile(&client, &recorder, &vm_kind, &vmi_kind, &vm, &vmis).await {
                 if !e.is_conflict() && !e.is_not_found() {
                     tracing::warn!(vm = %vm.display_name(), error = %e, "reconciling VM failed; will retry");
                 }
@@ -117,6 +119,7 @@ fn instance_for(vm: &Object) -> Value {
 
 async fn reconcile(
     client: &Client,
+    recorder: &Recorder,
     vm_kind: &KindInfo,
     vmi_kind: &KindInfo,
     vm: &Object,
@@ -139,7 +142,15 @@ async fn reconcile(
     match (&vmi, strategy.as_str()) {
         (None, "Always" | "RerunOnFailure") if !deleting => {
             // Report what was just done, not the cache's older view.
-            now = Some(Some(client.create(vmi_kind, ns, &instance_for(vm)).await?));
+            let created = client.create(vmi_kind, ns, &instance_for(vm)).await?;
+            let message = format!(
+                "Started the virtual machine by creating the new virtual machine instance {}",
+                created.metadata.name
+            );
+            recorder
+                .record(vm, EventType::Normal, "SuccessfulCreate", &message)
+                .await;
+            now = Some(Some(created));
         }
         (None, "Once" | "Manual") if !deleting && vm.status()["created"].is_null() => {
             now = Some(Some(client.create(vmi_kind, ns, &instance_for(vm)).await?));
@@ -160,6 +171,13 @@ async fn reconcile(
                         Some(&i.metadata.uid),
                     )
                     .await?;
+                let message = format!(
+                    "Stopped the virtual machine by deleting the virtual machine instance {}",
+                    i.metadata.uid
+                );
+                recorder
+                    .record(vm, EventType::Normal, "SuccessfulDelete", &message)
+                    .await;
                 now = Some(
                     deleted
                         .metadata
@@ -172,7 +190,7 @@ async fn reconcile(
         _ => {}
     }
     let vmi = now.unwrap_or(vmi);
-    write_status(client, vm_kind, vm, vmi.as_ref(), &strategy).await
+    write_status(client, recorder, vm_kind, vm, vmi.as_ref(), &strategy).await
 }
 
 fn printable_status(vm: &Object, vmi: Option<&Object>) -> &'static str {
@@ -216,6 +234,7 @@ fn printable_status(vm: &Object, vmi: Option<&Object>) -> &'static str {
 
 async fn write_status(
     client: &Client,
+    recorder: &Recorder,
     kind: &KindInfo,
     vm: &Object,
     vmi: Option<&Object>,
@@ -252,6 +271,10 @@ async fn write_status(
                 "lastFailedVMIUID": failed_uid,
                 "retryAfterTimestamp": format_rfc3339(unix_now() + wait),
             });
+            let message = format!("The virtual machine failed to start ({count} in a row); the next attempt is in {wait}s");
+            recorder
+                .record(vm, EventType::Warning, "CrashLoopBackOff", &message)
+                .await;
         }
         printable = "CrashLoopBackOff";
     }

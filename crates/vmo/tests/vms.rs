@@ -146,6 +146,12 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
         console.contains("cloud-init done hostname=web"),
         "{console}"
     );
+    let described = wait_for("lifecycle events", WAIT, || async {
+        let (_, out, _) = up.cli(&["describe", "vm", "web"]);
+        (out.contains("SuccessfulCreate") && out.contains("Started")).then_some(out)
+    })
+    .await;
+    assert!(described.contains("vmo-agent"), "{described}");
     let (_, table, _) = up.cli(&["get", "vmi"]);
     assert!(
         table.contains("Running") && table.contains("node-a"),

@@ -119,7 +119,8 @@ pub async fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
     }
     print!("{out}");
     let events_kind = ctx.kind("events")?;
-    let selector = format!("involvedObject.uid={}", m.uid);
+    // Events about the object, and for a VM also about its instance (which shares its name).
+    let selector = format!("involvedObject.name={}", m.name);
     let events = client
         .list(
             &events_kind,
@@ -131,7 +132,26 @@ pub async fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
             &format!("fieldSelector={}", encode_query(&selector)),
         )
         .await?;
-    if events.items.is_empty() {
+    let instance_kind = (obj.kind == "VirtualMachine").then_some("VirtualMachineInstance");
+    let mut events: Vec<vmo_api::Object> = events
+        .items
+        .into_iter()
+        .filter(|e| {
+            let kind = e
+                .body
+                .get("involvedObject")
+                .and_then(|i| i.get("kind"))
+                .and_then(Value::as_str);
+            kind == Some(obj.kind.as_str()) || kind.is_some() && kind == instance_kind
+        })
+        .collect();
+    events.sort_by_key(|e| {
+        e.body
+            .get("lastTimestamp")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    if events.is_empty() {
         println!("Events:      <none>");
     } else {
         println!("Events:");
@@ -142,7 +162,7 @@ pub async fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
             "From".into(),
             "Message".into(),
         ]];
-        for e in events.items {
+        for e in events {
             let last = e
                 .body
                 .get("lastTimestamp")
