@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod discovery;
+pub mod lifecycle;
 pub mod openapi;
 pub mod pki;
 pub mod routes;

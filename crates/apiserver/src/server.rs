@@ -253,6 +253,9 @@ impl ApiServer {
         req: Request<Incoming>,
         path: ResourcePath,
     ) -> Result<Response<Body>, Status> {
+        if path.group == "subresources.kubevirt.io" {
+            return self.lifecycle(req, path).await;
+        }
         let kind = *self
             .service
             .registry()
@@ -400,6 +403,43 @@ impl ApiServer {
                 "{m} is not supported on this path"
             ))),
         }
+    }
+
+    /// `PUT .../virtualmachines/NAME/{start,stop,restart}` with an optional `{"gracePeriod": N}`.
+    async fn lifecycle(
+        &self,
+        req: Request<Incoming>,
+        path: ResourcePath,
+    ) -> Result<Response<Body>, Status> {
+        let (Some(ns), Some(name), Some(sub)) = (&path.namespace, &path.name, &path.subresource)
+        else {
+            return Err(not_found_route());
+        };
+        let action = match (path.plural.as_str(), crate::lifecycle::Action::parse(sub)) {
+            ("virtualmachines", Some(a)) => a,
+            _ => return Err(not_found_route()),
+        };
+        if req.method() != Method::PUT {
+            return Err(Status::method_not_allowed(format!(
+                "{} is not supported on {sub}; use PUT",
+                req.method()
+            )));
+        }
+        let body = read_body(req).await?;
+        let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body)
+                .map_err(|e| Status::bad_request(format!("invalid {sub} options: {e}")))?
+        };
+        let grace = match options.get("gracePeriod") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().filter(|g| *g >= 0).ok_or_else(|| {
+                Status::bad_request("gracePeriod must be a whole number of seconds, 0 or more")
+            })?),
+        };
+        self.service.vm_lifecycle(ns, name, action, grace).await?;
+        Ok(json_response(202, &serde_json::json!({})))
     }
 
     async fn watch(

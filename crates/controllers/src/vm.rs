@@ -34,17 +34,7 @@ use vmo_client::{Client, ClientError};
 /// The label an instance carries with the name of the VM it belongs to (KubeVirt's).
 pub const VM_LABEL: &str = "vm.kubevirt.io/name";
 
-/// The run strategy in effect.
-pub fn run_strategy(vm: &Object) -> String {
-    let spec = vm.spec();
-    if let Some(s) = spec["runStrategy"].as_str() {
-        return s.to_string();
-    }
-    match spec["running"].as_bool() {
-        Some(true) => "Always".into(),
-        _ => "Halted".into(),
-    }
-}
+pub use vmo_api::kinds::kubevirt::run_strategy;
 
 /// Runs the controller until the task is dropped.
 pub async fn run(client: Client, registry: Arc<Registry>) {
@@ -139,6 +129,12 @@ async fn reconcile(
     let deleting = vm.metadata.deletion_timestamp.is_some();
     // What the instance is after this reconcile, for the status (the cache lags behind our writes).
     let mut now: Option<Option<Object>> = None;
+    let requests = vm.status()["stateChangeRequests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let start_requested = requests.iter().any(|r| r["action"] == "Start");
+    let stop_requested = requests.iter().any(|r| r["action"] == "Stop");
     match (&vmi, strategy.as_str()) {
         (None, "Always" | "RerunOnFailure") if !deleting => {
             // Report what was just done, not the cache's older view.
@@ -152,16 +148,30 @@ async fn reconcile(
                 .await;
             now = Some(Some(created));
         }
-        (None, "Once" | "Manual") if !deleting && vm.status()["created"].is_null() => {
-            now = Some(Some(client.create(vmi_kind, ns, &instance_for(vm)).await?));
+        (None, "Once" | "Manual")
+            if !deleting
+                && (start_requested
+                    || (strategy == "Once" && vm.status()["created"].is_null())) =>
+        {
+            let created = client.create(vmi_kind, ns, &instance_for(vm)).await?;
+            let message = format!(
+                "Started the virtual machine by creating the new virtual machine instance {}",
+                created.metadata.name
+            );
+            recorder
+                .record(vm, EventType::Normal, "SuccessfulCreate", &message)
+                .await;
+            now = Some(Some(created));
         }
         (Some(i), _) if i.metadata.deletion_timestamp.is_none() => {
             let ended = matches!(phase(i), "Succeeded" | "Failed");
             let replace = ended
-                && (strategy == "Always" || (strategy == "RerunOnFailure" && phase(i) == "Failed"));
+                && (strategy == "Always"
+                    || start_requested
+                    || (strategy == "RerunOnFailure" && phase(i) == "Failed"));
             let backing_off =
                 phase(i) == "Failed" && retry_after(vm).is_some_and(|t| t > unix_now());
-            if deleting || strategy == "Halted" || (replace && !backing_off) {
+            if deleting || strategy == "Halted" || stop_requested || (replace && !backing_off) {
                 let deleted = client
                     .delete_with_uid(
                         vmi_kind,
@@ -279,6 +289,27 @@ async fn write_status(
         printable = "CrashLoopBackOff";
     }
     status["printableStatus"] = json!(printable);
+    // A start request is done once an instance runs or starts, a stop request once none is left.
+    let live = vmi.is_some_and(|i| {
+        i.metadata.deletion_timestamp.is_none() && !matches!(phase(i), "Succeeded" | "Failed")
+    });
+    if let Some(requests) = status["stateChangeRequests"].as_array().cloned() {
+        let pending: Vec<Value> = requests
+            .into_iter()
+            .filter(|r| {
+                (r["action"] == "Start" && !live)
+                    || (r["action"] == "Stop"
+                        && vmi.is_some_and(|i| i.metadata.deletion_timestamp.is_none()))
+            })
+            .collect();
+        if pending.is_empty() {
+            status
+                .as_object_mut()
+                .map(|s| s.remove("stateChangeRequests"));
+        } else {
+            status["stateChangeRequests"] = Value::Array(pending);
+        }
+    }
     status["ready"] = json!(ready);
     status["runStrategy"] = json!(strategy);
     status["observedGeneration"] = json!(vm.metadata.generation);

@@ -42,6 +42,12 @@ enum Command {
     Describe(cli::describe::DescribeArgs),
     /// Delete objects by name, by label, or from files.
     Delete(cli::delete::DeleteArgs),
+    /// Start a VirtualMachine.
+    Start(cli::lifecycle::StartArgs),
+    /// Stop a VirtualMachine: ACPI power button, then, after the grace period, kill.
+    Stop(cli::lifecycle::StopArgs),
+    /// Restart a VirtualMachine with a new instance.
+    Restart(cli::lifecycle::StopArgs),
     /// List the kinds the server serves.
     ApiResources,
     /// Show the client and server versions.
@@ -88,6 +94,9 @@ fn main() -> ExitCode {
             Command::Get(a) => cli::get::run(&ctx, a).await,
             Command::Describe(a) => cli::describe::run(&ctx, a).await,
             Command::Delete(a) => cli::delete::run(&ctx, a).await,
+            Command::Start(a) => cli::lifecycle::start(&ctx, a).await,
+            Command::Stop(a) => cli::lifecycle::stop(&ctx, a).await,
+            Command::Restart(a) => cli::lifecycle::restart(&ctx, a).await,
             Command::ApiResources => cli::api_resources(&ctx).await,
             Command::Version => cli::version(&ctx).await,
         }

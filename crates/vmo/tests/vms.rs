@@ -206,6 +206,35 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     })
     .await;
 
+    // virtctl's verbs: start, restart (a new instance), stop; refusals say why.
+    let (ok, out, err) = up.cli(&["start", "web"]);
+    assert!(ok && out.contains("scheduled to start"), "{out}{err}");
+    let started = wait_for("started by vmo start", WAIT, || async {
+        vmi(&client, "web")
+            .await
+            .filter(|i| i.status()["phase"] == "Running")
+    })
+    .await;
+    let (ok, _, err) = up.cli(&["start", "web"]);
+    assert!(!ok && err.contains("VM is already running"), "{err}");
+    let (ok, _, err) = up.cli(&["restart", "web", "--force"]);
+    assert!(ok, "{err}");
+    wait_for("a new instance after restart", WAIT, || async {
+        vmi(&client, "web")
+            .await
+            .filter(|i| i.metadata.uid != started.metadata.uid && i.status()["phase"] == "Running")
+    })
+    .await;
+    let (ok, _, err) = up.cli(&["stop", "web", "--grace-period", "1"]);
+    assert!(ok, "{err}");
+    wait_printable(&client, "web", "Stopped").await;
+    assert_eq!(
+        vm(&client, "web").await.unwrap().spec()["runStrategy"],
+        "Halted"
+    );
+    let (ok, _, err) = up.cli(&["stop", "web"]);
+    assert!(!ok && err.contains("VM is not running"), "{err}");
+
     // A VM whose disk does not exist: the instance fails naming the field, the VM backs off.
     let broken = manifest("broken", &guest, "Always").replace(
         "        - name: cloudinit\n          cloudInitNoCloud:",
@@ -231,12 +260,22 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     let backing_off = wait_printable(&client, "broken", "CrashLoopBackOff").await;
     assert!(backing_off.status()["startFailure"]["retryAfterTimestamp"].is_string());
 
-    // Deleting a VM removes its instance (and its QEMU).
+    // `vmo stop` now owns runStrategy: applying another value is a conflict until forced.
     let (ok, _, err) = up.cli_with_input(
         &["apply", "-f", "-"],
         Some(&manifest("web", &guest, "Always")),
     );
+    assert!(
+        !ok && err.contains("conflict with \"vmo-lifecycle\": .spec.runStrategy"),
+        "{err}"
+    );
+    let (ok, _, err) = up.cli_with_input(
+        &["apply", "--force-conflicts", "-f", "-"],
+        Some(&manifest("web", &guest, "Always")),
+    );
     assert!(ok, "{err}");
+
+    // Deleting a VM removes its instance (and its QEMU).
     let running = wait_for("web running again", WAIT, || async {
         vmi(&client, "web")
             .await

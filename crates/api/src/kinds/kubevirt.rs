@@ -526,6 +526,19 @@ pub struct Toleration {
     pub toleration_seconds: Option<i64>,
 }
 
+/// The run strategy in effect for a VirtualMachine: `spec.runStrategy`, or the legacy
+/// `spec.running` (true is Always, false or absent is Halted).
+pub fn run_strategy(vm: &Object) -> String {
+    let spec = vm.spec();
+    if let Some(s) = spec["runStrategy"].as_str() {
+        return s.to_string();
+    }
+    match spec["running"].as_bool() {
+        Some(true) => "Always".into(),
+        _ => "Halted".into(),
+    }
+}
+
 /// Run strategies a VirtualMachine accepts.
 pub const RUN_STRATEGIES: &[&str] = &["Always", "RerunOnFailure", "Manual", "Halted", "Once"];
 /// Eviction strategies.

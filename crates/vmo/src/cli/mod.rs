@@ -5,6 +5,7 @@ pub mod apply;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod lifecycle;
 pub mod output;
 
 use anyhow::Context as _;
