@@ -1,0 +1,237 @@
+//! VM start latency: VirtualMachines created through the API at a steady rate under a real `vmo up`
+//! (TCG), measuring API accepted -> QEMU running (the instance's Running phase, which the agent sets
+//! after QMP reports `running`) and API accepted -> the guest's boot marker on the serial console;
+//! side by side, in the same run, bare `qemu-system-x86_64` with the identical command line (spawn ->
+//! QMP running, spawn -> boot marker). Also `vmo up`'s resident memory with 0 and N VMs.
+//!
+//! Run: `cargo bench -p vmo-vmo --bench vm_start` (VMO_BENCH_VMS, VMO_BENCH_RATE to change the load).
+
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use vmo_agent::vm::plan::{Accel, Firmware, LaunchPlan};
+use vmo_agent::vm::process;
+use vmo_api::Registry;
+use vmo_testkit::{console_until, test_guest, wait_for, KeptDir, VmoProcess};
+
+const MARKER: &str = "VMO-GUEST: booted";
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn kernel(guest: &Path) -> PathBuf {
+    if guest.join("vmlinux").exists() {
+        guest.join("vmlinux")
+    } else {
+        guest.join("vmlinuz")
+    }
+}
+
+fn vm(name: &str, guest: &Path) -> serde_json::Value {
+    json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {"runStrategy": "Always", "template": {"spec": {
+            "terminationGracePeriodSeconds": 0,
+            "domain": {"memory": {"guest": "128Mi"},
+                "firmware": {"kernelBoot": {"kernelArgs": "console=ttyS0 quiet vmo.netwait=0",
+                    "container": {"kernelPath": kernel(guest).display().to_string(),
+                                  "initrdPath": guest.join("initrd.img").display().to_string()}}},
+                "devices": {"disks": []}},
+            "volumes": []
+        }}}
+    })
+}
+
+async fn through_vmo(
+    guest: &Path,
+    count: usize,
+    interval: Duration,
+) -> (Vec<Duration>, Vec<Duration>, f64, f64) {
+    let dir = KeptDir::new("vmo-bench-vm-");
+    let data = dir.path().join("data");
+    let up = VmoProcess::start_with_args(
+        Path::new(env!("CARGO_BIN_EXE_vmo")),
+        &data,
+        &["--accel", "tcg"],
+    )
+    .await;
+    let client = up.client();
+    let vm_kind = *Registry::builtin().resolve("vm").unwrap();
+    let vmi_kind = *Registry::builtin().resolve("vmi").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rss_mib(up.pid());
+    let mut tasks = Vec::new();
+    for n in 0..count {
+        let (client, guest, data) = (client.clone(), guest.to_path_buf(), data.clone());
+        tasks.push(tokio::spawn(async move {
+            let name = format!("bench-{n}");
+            let accepted = Instant::now();
+            client
+                .create(&vm_kind, "default", &vm(&name, &guest))
+                .await
+                .expect("create");
+            let vmi = wait_for("instance running", Duration::from_secs(600), || async {
+                client
+                    .get(&vmi_kind, "default", &name)
+                    .await
+                    .ok()
+                    .filter(|i| i.status()["phase"] == "Running")
+            })
+            .await;
+            let running = accepted.elapsed();
+            let socket = data
+                .join("agent/vms")
+                .join(&vmi.metadata.uid)
+                .join("serial.sock");
+            console_until(&socket, MARKER, Duration::from_secs(900)).await;
+            (running, accepted.elapsed())
+        }));
+        tokio::time::sleep(interval).await;
+    }
+    let (mut running, mut marker) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (r, m) = t.await.unwrap();
+        running.push(r);
+        marker.push(m);
+    }
+    let loaded_rss = rss_mib(up.pid());
+    // Stop every VM (grace 0) and wait for their QEMUs to go before anything else is measured.
+    for n in 0..count {
+        let _ = client
+            .delete(&vm_kind, "default", &format!("bench-{n}"), "Background")
+            .await;
+    }
+    wait_for(
+        "every benchmark QEMU gone",
+        Duration::from_secs(120),
+        || async {
+            let left = std::fs::read_dir("/proc")
+                .ok()?
+                .filter_map(|e| e.ok())
+                .any(|e| {
+                    std::fs::read(e.path().join("cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).contains("guest=default_bench-"))
+                        .unwrap_or(false)
+                });
+            (!left).then_some(())
+        },
+    )
+    .await;
+    running.sort();
+    marker.sort();
+    (running, marker, idle_rss, loaded_rss)
+}
+
+async fn bare_qemu(
+    guest: &Path,
+    count: usize,
+    interval: Duration,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..count {
+        let run_dir = dir.path().join(format!("bare-{n}"));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let (qmp_socket, serial_socket, vnc_socket, pidfile, _) = process::run_files(&run_dir);
+        let plan = LaunchPlan {
+            name: format!("bare-{n}"),
+            uuid: format!("00000000-0000-4000-8000-{n:012}"),
+            accel: Accel::Tcg,
+            sockets: 1,
+            cores: 1,
+            threads: 1,
+            memory_mib: 128,
+            firmware: Firmware::Bios,
+            kernel: Some((
+                kernel(guest),
+                Some(guest.join("initrd.img")),
+                "console=ttyS0 quiet vmo.netwait=0".into(),
+            )),
+            disks: vec![],
+            nat_nics: vec![],
+            qmp_socket,
+            serial_socket,
+            vnc_socket,
+            pidfile,
+        };
+        tasks.push(tokio::spawn(async move {
+            let spawned = Instant::now();
+            let q = process::launch("qemu-system-x86_64", &plan)
+                .await
+                .expect("launch");
+            while q.qmp.status().await.unwrap() != "running" {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let running = spawned.elapsed();
+            console_until(&plan.serial_socket, MARKER, Duration::from_secs(900)).await;
+            let marker = spawned.elapsed();
+            process::kill(q.pid);
+            (running, marker)
+        }));
+        tokio::time::sleep(interval).await;
+    }
+    let (mut running, mut marker) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (r, m) = t.await.unwrap();
+        running.push(r);
+        marker.push(m);
+    }
+    running.sort();
+    marker.sort();
+    (running, marker)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let Some(guest) = test_guest() else { return };
+        let count = env_or("VMO_BENCH_VMS", 10);
+        let rate = env_or("VMO_BENCH_RATE", 2).max(1);
+        let interval = Duration::from_millis(1000 / rate as u64);
+        let (vr, vm_marker, idle, loaded) = through_vmo(&guest, count, interval).await;
+        let (br, bare_marker) = bare_qemu(&guest, count, interval).await;
+        println!("{count} VMs at {rate}/s, TCG, 128 MiB, kernel boot of the test guest");
+        println!();
+        println!("| measurement | vmo P50 | vmo P99 | bare QEMU P50 | bare QEMU P99 |");
+        println!("|---|---|---|---|---|");
+        println!("| API accepted (or spawn) -> QEMU running | {} | {} | {} | {} |", secs(percentile(&vr, 0.5)), secs(percentile(&vr, 0.99)), secs(percentile(&br, 0.5)), secs(percentile(&br, 0.99)));
+        println!("| API accepted (or spawn) -> guest boot marker | {} | {} | {} | {} |", secs(percentile(&vm_marker, 0.5)), secs(percentile(&vm_marker, 0.99)), secs(percentile(&bare_marker, 0.5)), secs(percentile(&bare_marker, 0.99)));
+        println!();
+        println!("`vmo up` (server, controllers and agent in one process) resident memory: {idle:.1} MiB with 0 VMs, {loaded:.1} MiB with {count} VMs");
+    });
+}
