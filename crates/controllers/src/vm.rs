@@ -254,10 +254,11 @@ async fn write_status(
     let failed_now = vmi.is_some_and(|i| phase(i) == "Failed");
     let running_now = vmi.is_some_and(|i| phase(i) == "Running");
     let ready = vmi.is_some_and(|i| {
-        i.status()["conditions"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+        i.metadata.deletion_timestamp.is_none()
+            && i.status()["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
     });
     let mut status = vm.status().clone();
     if !status.is_object() {
