@@ -161,23 +161,16 @@ impl Reporter {
 
     async fn write_status(&self, previous: Option<&Object>) -> Result<Object, ClientError> {
         let patch = json!({"status": self.status(previous)});
-        let body = serde_json::to_vec(&patch).unwrap_or_default();
-        let path = vmo_client::path(
-            &self.node_kind,
-            None,
-            Some(&self.config.node_name),
-            Some("status"),
-        );
-        let value = self
-            .client
-            .call(
-                http::Method::PATCH,
-                &format!("{path}?fieldManager=vmo-agent"),
-                Some(("application/merge-patch+json", body)),
-                "application/json",
+        self.client
+            .merge_patch(
+                &self.node_kind,
+                "",
+                &self.config.node_name,
+                Some("status"),
+                &patch,
+                "vmo-agent",
             )
-            .await?;
-        Object::from_value(value).map_err(|e| ClientError::Decode(e.to_string()))
+            .await
     }
 
     /// Renews (or creates) the heartbeat Lease, owned by the Node so it goes when the Node goes.

@@ -134,19 +134,15 @@ impl Runner {
     }
 
     async fn set_status(&self, vmi: &Object, status: Value) -> Result<(), ClientError> {
-        let path = vmo_client::path(
-            &self.vmi_kind,
-            Some(&vmi.metadata.namespace),
-            Some(&vmi.metadata.name),
-            Some("status"),
-        );
-        let body = serde_json::to_vec(&json!({"status": status})).unwrap_or_default();
+        let patch = json!({"status": status});
         self.client
-            .call(
-                http::Method::PATCH,
-                &format!("{path}?fieldManager=vmo-agent"),
-                Some(("application/merge-patch+json", body)),
-                "application/json",
+            .merge_patch(
+                &self.vmi_kind,
+                &vmi.metadata.namespace,
+                &vmi.metadata.name,
+                Some("status"),
+                &patch,
+                "vmo-agent",
             )
             .await
             .map(|_| ())
@@ -174,13 +170,13 @@ impl Runner {
         finalizers.push(AGENT_FINALIZER.into());
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": vmi.metadata.resource_version}});
         self.client
-            .patch(
+            .merge_patch(
                 &self.vmi_kind,
                 &vmi.metadata.namespace,
                 &vmi.metadata.name,
-                "application/merge-patch+json",
-                serde_json::to_vec(&patch).unwrap_or_default(),
-                "fieldManager=vmo-agent",
+                None,
+                &patch,
+                "vmo-agent",
             )
             .await
     }
@@ -197,13 +193,13 @@ impl Runner {
         let patch = json!({"metadata": {"finalizers": finalizers}});
         if let Err(e) = self
             .client
-            .patch(
+            .merge_patch(
                 &self.vmi_kind,
                 &vmi.metadata.namespace,
                 &vmi.metadata.name,
-                "application/merge-patch+json",
-                serde_json::to_vec(&patch).unwrap_or_default(),
-                "fieldManager=vmo-agent",
+                None,
+                &patch,
+                "vmo-agent",
             )
             .await
         {

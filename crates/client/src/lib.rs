@@ -385,6 +385,33 @@ impl Client {
         )
     }
 
+    /// JSON merge patch of an object, or of its `subresource` (`status`), as `manager`.
+    pub async fn merge_patch(
+        &self,
+        kind: &KindInfo,
+        namespace: &str,
+        name: &str,
+        subresource: Option<&str>,
+        patch: &Value,
+        manager: &str,
+    ) -> Result<Object, ClientError> {
+        let p = format!(
+            "{}?fieldManager={}",
+            path(kind, Some(namespace), Some(name), subresource),
+            encode_query(manager)
+        );
+        let body = serde_json::to_vec(patch).unwrap_or_default();
+        into_object(
+            self.call(
+                Method::PATCH,
+                &p,
+                Some(("application/merge-patch+json", body)),
+                "application/json",
+            )
+            .await?,
+        )
+    }
+
     /// Server-side apply of a whole manifest as `manager`.
     pub async fn apply(
         &self,

@@ -104,18 +104,17 @@ async fn mark_unreachable(
     });
     conditions.retain(|c| c["type"] != "Ready");
     conditions.push(unknown);
-    let body =
-        serde_json::to_vec(&json!({"status": {"conditions": conditions}})).unwrap_or_default();
-    let path = vmo_client::path(kind, None, Some(&node.metadata.name), Some("status"));
-    client
-        .call(
-            http::Method::PATCH,
-            &format!("{path}?fieldManager=vmo-node-lifecycle"),
-            Some(("application/merge-patch+json", body)),
-            "application/json",
+    let patch = json!({"status": {"conditions": conditions}});
+    let fresh = client
+        .merge_patch(
+            kind,
+            "",
+            &node.metadata.name,
+            Some("status"),
+            &patch,
+            "vmo-node-lifecycle",
         )
         .await?;
-    let fresh = client.get(kind, "", &node.metadata.name).await?;
     set_taints(client, kind, &fresh, true).await
 }
 

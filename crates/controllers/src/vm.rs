@@ -74,6 +74,16 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
     }
 }
 
+/// Whether a VM without an instance should get one now.
+fn wants_instance(vm: &Object, strategy: &str, start_requested: bool) -> bool {
+    match strategy {
+        "Always" | "RerunOnFailure" => true,
+        "Once" => start_requested || vm.status()["created"].is_null(),
+        "Manual" => start_requested,
+        _ => false,
+    }
+}
+
 fn phase(vmi: &Object) -> &str {
     vmi.status()["phase"].as_str().unwrap_or("Pending")
 }
@@ -136,23 +146,8 @@ async fn reconcile(
     let start_requested = requests.iter().any(|r| r["action"] == "Start");
     let stop_requested = requests.iter().any(|r| r["action"] == "Stop");
     match (&vmi, strategy.as_str()) {
-        (None, "Always" | "RerunOnFailure") if !deleting => {
+        (None, _) if !deleting && wants_instance(vm, &strategy, start_requested) => {
             // Report what was just done, not the cache's older view.
-            let created = client.create(vmi_kind, ns, &instance_for(vm)).await?;
-            let message = format!(
-                "Started the virtual machine by creating the new virtual machine instance {}",
-                created.metadata.name
-            );
-            recorder
-                .record(vm, EventType::Normal, "SuccessfulCreate", &message)
-                .await;
-            now = Some(Some(created));
-        }
-        (None, "Once" | "Manual")
-            if !deleting
-                && (start_requested
-                    || (strategy == "Once" && vm.status()["created"].is_null())) =>
-        {
             let created = client.create(vmi_kind, ns, &instance_for(vm)).await?;
             let message = format!(
                 "Started the virtual machine by creating the new virtual machine instance {}",
