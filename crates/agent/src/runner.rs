@@ -35,7 +35,18 @@ pub const AGENT_FINALIZER: &str = "vmo.io/agent";
 const DEFAULT_GRACE: Duration = Duration::from_secs(180);
 
 enum Command {
-    Stop { grace: Duration },
+    Stop {
+        grace: Duration,
+    },
+    /// The desired paused state (from the `vmo.io/paused` annotation); repeated, idempotent.
+    Pause(bool),
+}
+
+fn wants_paused(vmi: &Object) -> bool {
+    vmi.metadata
+        .annotations
+        .get("vmo.io/paused")
+        .is_some_and(|v| v == "true")
 }
 
 struct Runner {
@@ -86,7 +97,9 @@ pub async fn run(client: Client, config: AgentConfig, accel: Accel) {
                 Some((commands, _)) if deleting => {
                     let _ = commands.send(Command::Stop { grace: grace(&vmi) });
                 }
-                Some(_) => {}
+                Some((commands, _)) => {
+                    let _ = commands.send(Command::Pause(wants_paused(&vmi)));
+                }
                 None if deleting => {
                     if has_finalizer {
                         let runner = runner.clone();
@@ -413,6 +426,8 @@ impl Runner {
         }
         tracing::info!(vmi = %name, pid = qemu.pid, "instance running");
         let mut guest_shutdown = false;
+        // The paused state last asked for; the guest starts running.
+        let mut applied_pause = false;
         let mut stop_deadline: Option<tokio::time::Instant> = None;
         // While stopping, the power button is pressed again now and then: a guest still booting
         // ignores the first press.
@@ -435,6 +450,23 @@ impl Runner {
                     None => break, // QEMU exited
                 },
                 command = commands.recv() => match command {
+                    Some(Command::Pause(paused)) if stop_deadline.is_none() && paused != applied_pause => {
+                        applied_pause = paused;
+                        let state = qemu.qmp.status().await.unwrap_or_default();
+                        let command = match (paused, state.as_str()) {
+                            (true, "running") => Some("stop"),
+                            (false, "paused") => Some("cont"),
+                            _ => None,
+                        };
+                        if let Some(command) = command {
+                            if let Err(e) = qemu.qmp.execute(command, None).await {
+                                tracing::warn!(vmi = %name, error = %e, "could not {command} the guest");
+                            } else {
+                                let (reason, message) = if paused { ("Paused", "The guest was paused") } else { ("Unpaused", "The guest was unpaused") };
+                                self.events.record(&vmi, EventType::Normal, reason, message).await;
+                            }
+                        }
+                    }
                     Some(Command::Stop { grace }) if stop_deadline.is_none() => {
                         tracing::info!(vmi = %name, ?grace, "stopping: ACPI power-down");
                         let message = format!("Signaled graceful shutdown (ACPI power button); grace period {}s", grace.as_secs());

@@ -15,7 +15,12 @@ pub enum Action {
     Start,
     Stop,
     Restart,
+    Pause,
+    Unpause,
 }
+
+/// The annotation carrying a paused instance's desired state; the agent reconciles QEMU to it.
+pub const PAUSED_ANNOTATION: &str = "vmo.io/paused";
 
 impl Action {
     /// Parses a subresource name.
@@ -24,6 +29,8 @@ impl Action {
             "start" => Some(Self::Start),
             "stop" => Some(Self::Stop),
             "restart" => Some(Self::Restart),
+            "pause" => Some(Self::Pause),
+            "unpause" => Some(Self::Unpause),
             _ => None,
         }
     }
@@ -37,6 +44,56 @@ fn live(vmi: &Object) -> bool {
 const MANAGER: &str = "vmo-lifecycle";
 
 impl ResourceService {
+    /// Pauses or unpauses the running instance `ns/name` (the VM's, for a VM).
+    pub async fn set_paused(&self, ns: &str, name: &str, paused: bool) -> Result<(), Status> {
+        let (_, vmi_kind) = self.kinds();
+        let vmi = match self.get(&vmi_kind, ns, name).await {
+            Ok(i) => i,
+            Err(s) if s.code == 404 => {
+                return Err(Status::conflict(
+                    "virtualmachineinstances.kubevirt.io",
+                    name,
+                    "VM is not running",
+                ))
+            }
+            Err(s) => return Err(s),
+        };
+        if !live(&vmi) || vmi.status()["phase"] != "Running" {
+            return Err(Status::conflict(
+                "virtualmachineinstances.kubevirt.io",
+                name,
+                "VM is not running",
+            ));
+        }
+        let is_paused = vmi
+            .metadata
+            .annotations
+            .get(PAUSED_ANNOTATION)
+            .is_some_and(|v| v == "true");
+        if is_paused == paused {
+            let why = if paused {
+                "VMI is already paused"
+            } else {
+                "VMI is not paused"
+            };
+            return Err(Status::conflict(
+                "virtualmachineinstances.kubevirt.io",
+                name,
+                why,
+            ));
+        }
+        let value = if paused { json!("true") } else { Value::Null };
+        self.merge(
+            &vmi_kind,
+            ns,
+            name,
+            json!({"metadata": {"annotations": {PAUSED_ANNOTATION: value}}}),
+            Scope::Main,
+        )
+        .await
+        .map(|_| ())
+    }
+
     fn kinds(&self) -> (KindInfo, KindInfo) {
         (
             *self.registry().resolve("vm").expect("vms are registered"),
@@ -107,6 +164,9 @@ impl ResourceService {
         grace: Option<i64>,
     ) -> Result<(), Status> {
         let (vm_kind, vmi_kind) = self.kinds();
+        if matches!(action, Action::Pause | Action::Unpause) {
+            return self.set_paused(ns, name, action == Action::Pause).await;
+        }
         let vm = self.get(&vm_kind, ns, name).await?;
         let vmi = match self.get(&vmi_kind, ns, name).await {
             Ok(i) => Some(i),
@@ -140,6 +200,10 @@ impl ResourceService {
                     "Always" | "RerunOnFailure" | "Once" => self.set_running(&vm, false).await,
                     _ => self.request(&vm, "Stop").await,
                 }
+            }
+            // Answered before the VM is read (a standalone instance has none); kept for completeness.
+            Action::Pause | Action::Unpause => {
+                self.set_paused(ns, name, action == Action::Pause).await
             }
             Action::Restart => {
                 let Some(i) = vmi.filter(|i| i.metadata.deletion_timestamp.is_none()) else {

@@ -417,6 +417,10 @@ impl ApiServer {
         };
         let action = match (path.plural.as_str(), crate::lifecycle::Action::parse(sub)) {
             ("virtualmachines", Some(a)) => a,
+            (
+                "virtualmachineinstances",
+                Some(a @ (crate::lifecycle::Action::Pause | crate::lifecycle::Action::Unpause)),
+            ) => a,
             _ => return Err(not_found_route()),
         };
         if req.method() != Method::PUT {

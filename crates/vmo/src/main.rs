@@ -48,6 +48,10 @@ enum Command {
     Stop(cli::lifecycle::StopArgs),
     /// Restart a VirtualMachine with a new instance.
     Restart(cli::lifecycle::StopArgs),
+    /// Pause a running VirtualMachine's guest (its vCPUs stop; memory stays).
+    Pause(cli::lifecycle::StartArgs),
+    /// Resume a paused VirtualMachine's guest.
+    Unpause(cli::lifecycle::StartArgs),
     /// List the kinds the server serves.
     ApiResources,
     /// Show the client and server versions.
@@ -97,6 +101,8 @@ fn main() -> ExitCode {
             Command::Start(a) => cli::lifecycle::start(&ctx, a).await,
             Command::Stop(a) => cli::lifecycle::stop(&ctx, a).await,
             Command::Restart(a) => cli::lifecycle::restart(&ctx, a).await,
+            Command::Pause(a) => cli::lifecycle::pause(&ctx, a).await,
+            Command::Unpause(a) => cli::lifecycle::unpause(&ctx, a).await,
             Command::ApiResources => cli::api_resources(&ctx).await,
             Command::Version => cli::version(&ctx).await,
         }

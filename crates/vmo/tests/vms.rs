@@ -217,6 +217,15 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     .await;
     let (ok, _, err) = up.cli(&["start", "web"]);
     assert!(!ok && err.contains("VM is already running"), "{err}");
+    // Pause and unpause: the guest's vCPUs stop and resume; the VM says Paused meanwhile.
+    let (ok, _, err) = up.cli(&["pause", "web"]);
+    assert!(ok, "{err}");
+    wait_printable(&client, "web", "Paused").await;
+    let (ok, _, err) = up.cli(&["pause", "web"]);
+    assert!(!ok && err.contains("already paused"), "{err}");
+    let (ok, _, err) = up.cli(&["unpause", "web"]);
+    assert!(ok, "{err}");
+    wait_printable(&client, "web", "Running").await;
     let (ok, _, err) = up.cli(&["restart", "web", "--force"]);
     assert!(ok, "{err}");
     wait_for("a new instance after restart", WAIT, || async {

@@ -58,3 +58,11 @@ pub async fn restart(ctx: &Context, args: StopArgs) -> anyhow::Result<()> {
     let grace = args.grace_period.or(args.force.then_some(0));
     act(ctx, &args.name, "restart", grace).await
 }
+
+pub async fn pause(ctx: &Context, args: StartArgs) -> anyhow::Result<()> {
+    act(ctx, &args.name, "pause", None).await
+}
+
+pub async fn unpause(ctx: &Context, args: StartArgs) -> anyhow::Result<()> {
+    act(ctx, &args.name, "unpause", None).await
+}
