@@ -101,9 +101,14 @@ pub async fn run(client: Client, config: AgentConfig, accel: Accel) {
                     let _ = commands.send(Command::Pause(wants_paused(&vmi)));
                 }
                 None if deleting => {
+                    // A QEMU may still run for it (say, after an agent restart): the owner task
+                    // adopts and stops it, and releases the instance only then.
                     if has_finalizer {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let _ = tx.send(Command::Stop { grace: grace(&vmi) });
                         let runner = runner.clone();
-                        tokio::spawn(async move { runner.finish_deletion(&vmi).await });
+                        let task = tokio::spawn(async move { runner.own(vmi, rx).await });
+                        owners.insert(uid, (tx, task));
                     }
                 }
                 None => {
@@ -370,7 +375,29 @@ impl Runner {
                     .await;
                 q
             }
+            Err(process::ProcessError::NotRunning(_))
+                if vmi.metadata.deletion_timestamp.is_some() =>
+            {
+                self.finish_deletion(&vmi).await;
+                return;
+            }
+            Err(e @ process::ProcessError::Qmp(_)) => {
+                // QEMU may be alive but slow to answer: never start a second one; retry soon.
+                tracing::warn!(vmi = %name, error = %e, "cannot reach this instance's QEMU yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
+            }
             Err(_) if vmi.status()["phase"] == "Running" => {
+                // 7: the instance may have ended meanwhile (the cache lags): never overwrite that.
+                let fresh = self
+                    .client
+                    .get(&self.vmi_kind, &vmi.metadata.namespace, &vmi.metadata.name)
+                    .await;
+                if fresh.is_ok_and(|f| {
+                    matches!(f.status()["phase"].as_str(), Some("Succeeded" | "Failed"))
+                }) {
+                    return;
+                }
                 self.fail(&vmi, "QemuGone", "QEMU is no longer running on this node")
                     .await;
                 return;
@@ -427,11 +454,12 @@ impl Runner {
         tracing::info!(vmi = %name, pid = qemu.pid, "instance running");
         let mut guest_shutdown = false;
         // The paused state last asked for; the guest starts running.
-        let mut applied_pause = false;
+        let mut applied_pause = paused;
         let mut stop_deadline: Option<tokio::time::Instant> = None;
         // While stopping, the power button is pressed again now and then: a guest still booting
         // ignores the first press.
         let mut press_again = tokio::time::interval(Duration::from_secs(5));
+        press_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wait = async {
                 match stop_deadline {
@@ -467,8 +495,19 @@ impl Runner {
                             }
                         }
                     }
-                    Some(Command::Stop { grace }) if stop_deadline.is_none() => {
+                    Some(Command::Stop { grace }) if stop_deadline.is_some() => {
+                        // A later stop may shorten the grace period (vmo stop --force).
+                        let sooner = tokio::time::Instant::now() + grace;
+                        if stop_deadline.is_some_and(|d| sooner < d) {
+                            stop_deadline = Some(sooner);
+                        }
+                    }
+                    Some(Command::Stop { grace }) => {
                         tracing::info!(vmi = %name, ?grace, "stopping: ACPI power-down");
+                        if matches!(qemu.qmp.status().await.as_deref(), Ok("paused")) {
+                            let _ = qemu.qmp.execute("cont", None).await;
+                        }
+                        press_again.reset();
                         let message = format!("Signaled graceful shutdown (ACPI power button); grace period {}s", grace.as_secs());
                         self.events.record(&vmi, EventType::Normal, "ShuttingDown", &message).await;
                         let _ = qemu.qmp.execute("system_powerdown", None).await;

@@ -148,6 +148,8 @@ pub async fn launch(binary: &str, plan: &LaunchPlan) -> Result<QemuProcess, Proc
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
+                    // Alive but not answering QMP: do not leave it running unowned.
+                    kill(pid);
                     return Err(e.into());
                 }
             }
