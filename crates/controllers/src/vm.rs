@@ -54,6 +54,8 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
         informer::every_change,
     );
     let recorder = Recorder::new(client.clone(), "vmo-vm-controller", "");
+    let mut retries: std::collections::HashMap<String, (u32, tokio::time::Instant)> =
+        Default::default();
     loop {
         tokio::select! {
             _ = changed.notified() => {}
@@ -62,13 +64,35 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
         if !(vms.synced() && vmis.synced()) {
             continue;
         }
+        let now = tokio::time::Instant::now();
         for vm in vms.list() {
-            if let Err(e) = reconcile(&client, &recorder, &vm_kind, &vmi_kind, &vm, &vmis).await {
-                if !e.is_conflict() && !e.is_not_found() {
-                    tracing::warn!(vm = %vm.display_name(), error = %e, "reconciling VM failed; will retry");
+            // A VM whose reconcile keeps failing is retried with a doubling delay, not in a hot loop.
+            if retries
+                .get(&vm.metadata.uid)
+                .is_some_and(|(_, at)| *at > now)
+            {
+                continue;
+            }
+            match reconcile(&client, &recorder, &vm_kind, &vmi_kind, &vm, &vmis).await {
+                Ok(()) => {
+                    retries.remove(&vm.metadata.uid);
                 }
-                changed.notify_one();
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                Err(e) => {
+                    if !e.is_conflict() && !e.is_not_found() {
+                        tracing::warn!(vm = %vm.display_name(), error = %e, "reconciling VM failed; will retry");
+                    }
+                    let failures = retries
+                        .get(&vm.metadata.uid)
+                        .map(|(n, _)| n + 1)
+                        .unwrap_or(0);
+                    let delay = Duration::from_millis(200) * 2u32.pow(failures.min(8));
+                    retries.insert(vm.metadata.uid.clone(), (failures, now + delay));
+                    let changed = changed.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        changed.notify_one();
+                    });
+                }
             }
         }
     }
@@ -164,8 +188,11 @@ async fn reconcile(
                 && (strategy == "Always"
                     || start_requested
                     || (strategy == "RerunOnFailure" && phase(i) == "Failed"));
-            let backing_off =
-                phase(i) == "Failed" && retry_after(vm).is_some_and(|t| t > unix_now());
+            // A failure not yet counted is recorded (with its backoff) before it is replaced.
+            let counted = vm.status()["startFailure"]["lastFailedVMIUID"].as_str()
+                == Some(i.metadata.uid.as_str());
+            let backing_off = phase(i) == "Failed"
+                && (!counted || retry_after(vm).is_some_and(|t| t > unix_now()));
             if deleting || strategy == "Halted" || stop_requested || (replace && !backing_off) {
                 let deleted = client
                     .delete_with_uid(
@@ -262,7 +289,10 @@ async fn write_status(
     let before = status.clone();
     if running_now {
         status.as_object_mut().map(|s| s.remove("startFailure"));
-    } else if failed_now && printable != "ErrorUnschedulable" {
+    } else if failed_now
+        && printable != "ErrorUnschedulable"
+        && matches!(strategy, "Always" | "RerunOnFailure")
+    {
         let failed_uid = vmi.map(|i| i.metadata.uid.clone()).unwrap_or_default();
         let counted =
             status["startFailure"]["lastFailedVMIUID"].as_str() == Some(failed_uid.as_str());
