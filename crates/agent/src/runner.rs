@@ -186,7 +186,21 @@ impl Runner {
         }
         let mut finalizers = vmi.metadata.finalizers.clone();
         finalizers.push(AGENT_FINALIZER.into());
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": vmi.metadata.resource_version}});
+        // Conditional on the version read, so a deletion in between is not missed.
+        self.set_finalizers(vmi, finalizers, Some(&vmi.metadata.resource_version))
+            .await
+    }
+
+    async fn set_finalizers(
+        &self,
+        vmi: &Object,
+        finalizers: Vec<String>,
+        version: Option<&str>,
+    ) -> Result<Object, ClientError> {
+        let mut patch = json!({"metadata": {"finalizers": finalizers}});
+        if let Some(v) = version {
+            patch["metadata"]["resourceVersion"] = json!(v);
+        }
         self.client
             .merge_patch(
                 &self.vmi_kind,
@@ -208,19 +222,7 @@ impl Runner {
             .filter(|f| *f != AGENT_FINALIZER)
             .cloned()
             .collect();
-        let patch = json!({"metadata": {"finalizers": finalizers}});
-        if let Err(e) = self
-            .client
-            .merge_patch(
-                &self.vmi_kind,
-                &vmi.metadata.namespace,
-                &vmi.metadata.name,
-                None,
-                &patch,
-                "vmo-agent",
-            )
-            .await
-        {
+        if let Err(e) = self.set_finalizers(vmi, finalizers, None).await {
             if !e.is_not_found() {
                 tracing::warn!(vmi = %vmi.display_name(), error = %e, "could not release the instance");
             }

@@ -643,6 +643,17 @@ impl ResourceService {
         if opts.dry_run {
             return Ok(new);
         }
+        self.store_or_release(kind, new, revision).await
+    }
+
+    /// Writes `new` conditionally on `revision`, or deletes it when it is being deleted and its
+    /// last finalizer is gone.
+    async fn store_or_release(
+        &self,
+        kind: &KindInfo,
+        mut new: Object,
+        revision: Revision,
+    ) -> Result<Object, Status> {
         let key = key(kind, &new.metadata.namespace, &new.metadata.name);
         let finished = new.metadata.deletion_timestamp.is_some() && Self::finalizers_done(&new);
         let op = if finished {
@@ -863,25 +874,7 @@ impl ResourceService {
                 }
             }
         }
-        let op = if finished {
-            Op::Delete {
-                key: key(&kind, "", name),
-                expected: Some(revision),
-            }
-        } else {
-            Op::Update {
-                key: key(&kind, "", name),
-                value: encode(&new)?,
-                expected: Some(revision),
-            }
-        };
-        let done = self
-            .store
-            .commit(vec![op])
-            .await
-            .map_err(|e| store_status(&kind, name, e))?;
-        new.metadata.resource_version = done.revision.to_string();
-        Ok(new)
+        self.store_or_release(&kind, new, revision).await
     }
 
     /// Deletes an object, or marks it for deletion while finalizers remain.
