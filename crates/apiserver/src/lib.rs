@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod discovery;
 pub mod lifecycle;
+pub mod metrics;
 pub mod openapi;
 pub mod pki;
 pub mod routes;

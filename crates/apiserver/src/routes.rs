@@ -13,6 +13,7 @@ pub enum Route {
     Group(String),
     Resources { group: String, version: String },
     OpenApiV2,
+    Metrics,
     OpenApiV3Root,
     OpenApiV3 { group_version: String },
     Resource(ResourcePath),
@@ -47,6 +48,7 @@ pub fn parse(path: &str) -> Route {
         ["apis"] => Route::Groups,
         ["apis", group] => Route::Group(group.to_string()),
         ["openapi", "v2"] => Route::OpenApiV2,
+        ["metrics"] => Route::Metrics,
         ["openapi", "v3"] => Route::OpenApiV3Root,
         ["openapi", "v3", rest @ ..] => Route::OpenApiV3 {
             group_version: rest.join("/"),

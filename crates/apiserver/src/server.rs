@@ -61,6 +61,7 @@ pub struct ApiServer {
     auth: Authenticator,
     settings: ServerSettings,
     watch_lines: Arc<watch::LineCache>,
+    metrics: crate::metrics::Metrics,
 }
 
 fn json_response(code: u16, value: &impl serde::Serialize) -> Response<Body> {
@@ -92,6 +93,7 @@ impl ApiServer {
             auth,
             settings,
             watch_lines: Arc::default(),
+            metrics: Default::default(),
         })
     }
 
@@ -179,7 +181,22 @@ impl ApiServer {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let watch = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
         let response = self.route(req).await;
+        let (resource, named) = match routes::parse(&path) {
+            Route::Resource(p) => (p.plural, p.name.is_some()),
+            _ => ("other".to_string(), true),
+        };
+        let verb = crate::metrics::verb(&method, named, watch);
+        self.metrics.observe(
+            verb,
+            &resource,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
         tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
         response
     }
@@ -215,6 +232,33 @@ impl ApiServer {
                 }
             }
             Route::OpenApiV3Root => json_response(200, &openapi::root(registry)),
+            Route::Metrics => {
+                let revision = self.service.store().revision().await.unwrap_or(0);
+                let vmi_kind = *registry.resolve("vmi").expect("vmis are registered");
+                let mut phases = std::collections::BTreeMap::new();
+                if let Ok(page) = self
+                    .service
+                    .list(&vmi_kind, None, &ListOptions::default())
+                    .await
+                {
+                    for vmi in page.items {
+                        let phase = vmi.status()["phase"]
+                            .as_str()
+                            .unwrap_or("Pending")
+                            .to_string();
+                        let node = vmi.status()["nodeName"].as_str().unwrap_or("").to_string();
+                        *phases.entry((phase, node)).or_insert(0u64) += 1;
+                    }
+                }
+                Response::builder()
+                    .status(200)
+                    .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                    .body(
+                        Full::new(Bytes::from(self.metrics.render(revision, &phases)))
+                            .boxed_unsync(),
+                    )
+                    .expect("valid response")
+            }
             Route::OpenApiV2 => {
                 let protobuf = req
                     .headers()

@@ -289,6 +289,22 @@ impl Client {
         decode_answer(status, &bytes)
     }
 
+    /// GET a path as text (`/metrics`); an error status becomes `ClientError::Api`.
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let response = self.send(Method::GET, path, None, "text/plain").await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::Http)?
+            .to_bytes();
+        if !status.is_success() {
+            return decode_answer(status, &bytes).map(|_| String::new());
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// GET a path as JSON.
     pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
         self.call(Method::GET, path, None, "application/json").await

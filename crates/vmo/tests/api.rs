@@ -1065,3 +1065,29 @@ async fn foreground_deletion_keeps_dependents_another_owner_holds() {
         .collect();
     assert_eq!(owners, ["owner-b"]);
 }
+
+#[tokio::test]
+async fn metrics_count_requests_and_need_a_token() {
+    let s = TestServer::start().await;
+    let cm = s.kind("cm");
+    s.client
+        .create(&cm, "default", &json!({"metadata": {"name": "m"}}))
+        .await
+        .unwrap();
+    s.client.get(&cm, "default", "m").await.unwrap();
+    let text = s.client.get_text("/metrics").await.unwrap();
+    assert!(
+        text.contains(
+            r#"vmo_apiserver_requests_total{verb="CREATE",resource="configmaps",code="201"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(
+        r#"vmo_apiserver_requests_total{verb="GET",resource="configmaps",code="200"} 1"#
+    ));
+    assert!(text
+        .contains("vmo_apiserver_request_duration_seconds_bucket{verb=\"CREATE\",le=\"+Inf\"} 1"));
+    assert!(text.contains("vmo_store_revision "));
+    let anonymous = s.client_with_token("nope");
+    assert_eq!(api_error(anonymous.get_text("/metrics").await).code, 401);
+}

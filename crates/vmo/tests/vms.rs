@@ -152,6 +152,11 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     })
     .await;
     assert!(described.contains("vmo-agent"), "{described}");
+    let metrics = client.get_text("/metrics").await.unwrap();
+    assert!(
+        metrics.contains(r#"kubevirt_vmi_phase_count{phase="running",node="node-a"} 1"#),
+        "{metrics}"
+    );
     let (_, table, _) = up.cli(&["get", "vmi"]);
     assert!(
         table.contains("Running") && table.contains("node-a"),
