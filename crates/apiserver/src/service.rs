@@ -907,26 +907,15 @@ impl ResourceService {
                 }
             }
             let mut new = old.clone();
-            match opts.propagation {
-                Propagation::Foreground
-                    if !new
-                        .metadata
-                        .finalizers
-                        .iter()
-                        .any(|f| f == FOREGROUND_FINALIZER) =>
-                {
-                    new.metadata.finalizers.push(FOREGROUND_FINALIZER.into())
+            let cascade_finalizer = match opts.propagation {
+                Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+                Propagation::Orphan => Some(ORPHAN_FINALIZER),
+                Propagation::Background => None,
+            };
+            if let Some(f) = cascade_finalizer {
+                if !new.metadata.finalizers.iter().any(|x| x == f) {
+                    new.metadata.finalizers.push(f.into());
                 }
-                Propagation::Orphan
-                    if !new
-                        .metadata
-                        .finalizers
-                        .iter()
-                        .any(|f| f == ORPHAN_FINALIZER) =>
-                {
-                    new.metadata.finalizers.push(ORPHAN_FINALIZER.into())
-                }
-                _ => {}
             }
             let immediate =
                 old.metadata.deletion_timestamp.is_none() && Self::finalizers_done(&new);

@@ -411,10 +411,9 @@ impl Client {
         patch: &Value,
         manager: &str,
     ) -> Result<Object, ClientError> {
-        let p = format!(
-            "{}?fieldManager={}",
+        let p = with_query(
             path(kind, Some(namespace), Some(name), subresource),
-            encode_query(manager)
+            &format!("fieldManager={}", encode_query(manager)),
         );
         let body = serde_json::to_vec(patch).unwrap_or_default();
         into_object(

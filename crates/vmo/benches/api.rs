@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmo_api::Registry;
 use vmo_client::Client;
-use vmo_testkit::{vm_manifest, KeptDir, VmoProcess};
+use vmo_testkit::{percentile, rss_kib, vm_manifest, KeptDir, VmoProcess};
 
 const CLIENTS: usize = 16;
 const CREATES_PER_CLIENT: usize = 400;
@@ -20,14 +20,6 @@ const WRITE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// When each watched object's create was sent, and when it was acknowledged.
 type SendTimes = HashMap<String, (Instant, Option<Instant>)>;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
@@ -158,17 +150,6 @@ fn cpu_seconds(pid: u32) -> f64 {
             .and_then(|s| s.parse::<f64>().ok())
             .unwrap_or(0.0);
     ticks / 100.0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn main() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vmo_agent::vm::plan::{Accel, Firmware, LaunchPlan};
 use vmo_agent::vm::process;
 use vmo_api::Registry;
-use vmo_testkit::{console_until, test_guest, wait_for, KeptDir, VmoProcess};
+use vmo_testkit::{console_until, percentile, test_guest, wait_for, KeptDir, VmoProcess};
 
 const MARKER: &str = "VMO-GUEST: booted";
 
@@ -21,13 +21,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn secs(d: Duration) -> String {
@@ -39,15 +32,22 @@ fn secs(d: Duration) -> String {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+    vmo_testkit::rss_kib(pid) as f64 / 1024.0
+}
+
+/// Awaits (running, marker) timings and returns each list sorted.
+async fn sorted_pairs(
+    tasks: Vec<tokio::task::JoinHandle<(Duration, Duration)>>,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut running, mut marker) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (r, m) = t.await.unwrap();
+        running.push(r);
+        marker.push(m);
+    }
+    running.sort();
+    marker.sort();
+    (running, marker)
 }
 
 fn kernel(guest: &Path) -> PathBuf {
@@ -120,12 +120,7 @@ async fn through_vmo(
         }));
         tokio::time::sleep(interval).await;
     }
-    let (mut running, mut marker) = (Vec::new(), Vec::new());
-    for t in tasks {
-        let (r, m) = t.await.unwrap();
-        running.push(r);
-        marker.push(m);
-    }
+    let (running, marker) = sorted_pairs(tasks).await;
     let loaded_rss = rss_mib(up.pid());
     // Stop every VM (grace 0) and wait for their QEMUs to go before anything else is measured.
     for n in 0..count {
@@ -149,8 +144,6 @@ async fn through_vmo(
         },
     )
     .await;
-    running.sort();
-    marker.sort();
     (running, marker, idle_rss, loaded_rss)
 }
 
@@ -202,14 +195,7 @@ async fn bare_qemu(
         }));
         tokio::time::sleep(interval).await;
     }
-    let (mut running, mut marker) = (Vec::new(), Vec::new());
-    for t in tasks {
-        let (r, m) = t.await.unwrap();
-        running.push(r);
-        marker.push(m);
-    }
-    running.sort();
-    marker.sort();
+    let (running, marker) = sorted_pairs(tasks).await;
     (running, marker)
 }
 
