@@ -1,15 +1,21 @@
 //! The node agent: one per host. It registers its Node (capacity, allocatable, labels, conditions,
-//! host and QEMU versions), keeps a heartbeat Lease, and (in later work) runs the VMs bound to it.
+//! host and QEMU versions), keeps a heartbeat Lease, runs the VMs bound to it, and serves the
+//! endpoint the server proxies consoles and metrics through.
 //!
 //! Everything goes through the API like any client, so several agents run side by side on one
 //! machine with their own names and data directories, which multi-node tests rely on.
 
+pub mod console;
+pub mod endpoint;
 pub mod host;
+pub mod metrics;
 mod node;
 pub mod qmp;
 pub mod runner;
+pub mod tls;
 pub mod vm;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use vmo_client::Client;
@@ -35,6 +41,8 @@ pub struct AgentConfig {
     pub qemu_binary: String,
     /// Which accelerator VMs use.
     pub accel: AccelChoice,
+    /// Where the agent endpoint listens (port 0: any free port; the Node says which).
+    pub listen: SocketAddr,
 }
 
 /// The accelerator setting: `auto` boot-probes KVM and falls back to TCG.
@@ -58,15 +66,27 @@ impl AgentConfig {
             reserved_memory_bytes: 512 << 20,
             qemu_binary: "qemu-system-x86_64".into(),
             accel: AccelChoice::Auto,
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
         }
     }
 }
+
+/// The agent endpoint's default port (the kubelet's, which it stands in for).
+pub const DEFAULT_PORT: u16 = 10250;
 
 /// Failures that stop the agent from starting at all.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("invalid node name {name:?}: {why}")]
     NodeName { name: String, why: String },
+    #[error("listening on {addr} for the agent endpoint")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("creating the agent data directory {path}")]
     DataDir {
         path: PathBuf,
@@ -119,7 +139,44 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
             accel
         }
     };
-    let reporter = node::Reporter::new(client.clone(), config.clone(), facts, accel);
-    tokio::join!(reporter.run(), runner::run(client, config, accel));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let identity = tls::Identity::load_or_create(&config.data_dir, &config.node_name)?;
+    let server_tls = identity.server_config(client.ca_pem().ok_or(tls::TlsError::NoCa)?)?;
+    let bound = listener.local_addr().unwrap_or(config.listen);
+    let host = if bound.ip().is_unspecified() {
+        facts
+            .internal_ip
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".into())
+    } else {
+        bound.ip().to_string()
+    };
+    let advertised = node::AdvertisedEndpoint {
+        url: format!(
+            "https://{}",
+            SocketAddr::new(host.parse().unwrap_or(bound.ip()), bound.port())
+        ),
+        port: bound.port(),
+        fingerprint: vmo_api::secrets::cert_fingerprint(&identity.cert),
+    };
+    tracing::info!(endpoint = %advertised.url, "agent endpoint listening");
+    let vms = runner::Vms::default();
+    let endpoint = std::sync::Arc::new(endpoint::Endpoint {
+        node_name: config.node_name.clone(),
+        vms: vms.clone(),
+        cpus: facts.cpus,
+        memory_bytes: facts.memory_bytes,
+    });
+    let reporter = node::Reporter::new(client.clone(), config.clone(), facts, accel, advertised);
+    tokio::join!(
+        reporter.run(),
+        runner::run(client, config, accel, vms),
+        endpoint.serve(listener, server_tls),
+    );
     Ok(())
 }

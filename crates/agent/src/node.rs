@@ -5,13 +5,23 @@ use crate::{AgentConfig, HostFacts};
 use serde_json::{json, Value};
 use std::time::Duration;
 use vmo_api::kinds::coordination::NODE_LEASE_NAMESPACE;
-use vmo_api::kinds::core::{MACHINE_POOL_LABEL, ZONE_LABEL};
+use vmo_api::kinds::core::{
+    AGENT_CERT_ANNOTATION, AGENT_ENDPOINT_ANNOTATION, MACHINE_POOL_LABEL, ZONE_LABEL,
+};
 use vmo_api::meta::{now_rfc3339, now_rfc3339_micros};
 use vmo_api::{KindInfo, Object, Registry};
 use vmo_client::{Client, ClientError};
 
 /// Status is rewritten at least this often even when nothing changed (a readable heartbeat).
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+/// Where the server reaches this agent's endpoint, and the certificate it must present.
+#[derive(Debug, Clone)]
+pub(crate) struct AdvertisedEndpoint {
+    pub url: String,
+    pub port: u16,
+    pub fingerprint: String,
+}
 
 pub(crate) struct Reporter {
     client: Client,
@@ -20,6 +30,7 @@ pub(crate) struct Reporter {
     node_kind: KindInfo,
     lease_kind: KindInfo,
     accel: crate::vm::plan::Accel,
+    endpoint: AdvertisedEndpoint,
 }
 
 impl Reporter {
@@ -28,6 +39,7 @@ impl Reporter {
         config: AgentConfig,
         facts: HostFacts,
         accel: crate::vm::plan::Accel,
+        endpoint: AdvertisedEndpoint,
     ) -> Self {
         let registry = Registry::builtin();
         Self {
@@ -37,7 +49,15 @@ impl Reporter {
             node_kind: *registry.resolve("nodes").expect("nodes are registered"),
             lease_kind: *registry.resolve("leases").expect("leases are registered"),
             accel,
+            endpoint,
         }
+    }
+
+    fn annotations(&self) -> Value {
+        json!({
+            AGENT_ENDPOINT_ANNOTATION: self.endpoint.url,
+            AGENT_CERT_ANNOTATION: self.endpoint.fingerprint,
+        })
     }
 
     fn labels(&self) -> Value {
@@ -101,6 +121,7 @@ impl Reporter {
                 "lastTransitionTime": transition,
             }],
             "addresses": addresses,
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.endpoint.port}},
             "nodeInfo": {
                 "machineID": self.facts.machine_id,
                 "kernelVersion": self.facts.kernel_version,
@@ -123,7 +144,7 @@ impl Reporter {
         };
         let node = match existing {
             Some(n) => {
-                let patch = json!({"metadata": {"labels": self.labels()}});
+                let patch = json!({"metadata": {"labels": self.labels(), "annotations": self.annotations()}});
                 self.client
                     .patch(
                         &self.node_kind,
@@ -144,7 +165,7 @@ impl Reporter {
                         "",
                         &json!({
                             "apiVersion": "v1", "kind": "Node",
-                            "metadata": {"name": name, "labels": self.labels()},
+                            "metadata": {"name": name, "labels": self.labels(), "annotations": self.annotations()},
                             "spec": {},
                         }),
                     )

@@ -14,6 +14,7 @@
 //! is gone. QEMU runs in its own process group: an agent restart (even kill -9) leaves it running,
 //! and the new agent adopts it from its run directory.
 
+use crate::console::SerialHub;
 use crate::vm::disks::{self, Identity, Secrets};
 use crate::vm::plan::{memory_mib, Accel, Firmware, LaunchPlan, PlanError};
 use crate::vm::process::{self, QemuProcess};
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use vmo_api::kinds::kubevirt::VmiSpec;
 use vmo_api::{KindInfo, Object, Registry};
 use vmo_client::events::{EventType, Recorder};
@@ -40,7 +41,45 @@ enum Command {
     },
     /// The desired paused state (from the `vmo.io/paused` annotation); repeated, idempotent.
     Pause(bool),
+    /// QEMU's `query-blockstats`, for metrics.
+    BlockStats(oneshot::Sender<Value>),
 }
+
+/// A running instance as the endpoint and the metrics see it.
+#[derive(Debug, Clone)]
+pub struct VmHandle {
+    pub namespace: String,
+    pub name: String,
+    pub pid: u32,
+    pub run_dir: PathBuf,
+    pub serial: Arc<SerialHub>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Stop { .. } => "Stop",
+            Command::Pause(_) => "Pause",
+            Command::BlockStats(_) => "BlockStats",
+        })
+    }
+}
+
+impl VmHandle {
+    /// The instance's block device statistics, asked of its owner task (which alone speaks QMP).
+    pub async fn block_stats(&self) -> Option<Value> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::BlockStats(tx)).ok()?;
+        tokio::time::timeout(Duration::from_secs(2), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// The instances this agent runs now, by uid.
+pub type Vms = Arc<std::sync::Mutex<HashMap<String, VmHandle>>>;
 
 fn wants_paused(vmi: &Object) -> bool {
     vmi.metadata
@@ -56,10 +95,11 @@ struct Runner {
     accel: Accel,
     vmi_kind: KindInfo,
     secret_kind: KindInfo,
+    vms: Vms,
 }
 
 /// Runs every instance bound to this node until the task is dropped.
-pub async fn run(client: Client, config: AgentConfig, accel: Accel) {
+pub async fn run(client: Client, config: AgentConfig, accel: Accel, vms: Vms) {
     let registry = Registry::builtin();
     let runner = Arc::new(Runner {
         client: client.clone(),
@@ -68,6 +108,7 @@ pub async fn run(client: Client, config: AgentConfig, accel: Accel) {
         secret_kind: *registry.resolve("secrets").expect("secrets are registered"),
         config,
         accel,
+        vms,
     });
     let changed = Arc::new(Notify::new());
     let vmis = informer::start(
@@ -107,7 +148,8 @@ pub async fn run(client: Client, config: AgentConfig, accel: Accel) {
                         let (tx, rx) = mpsc::unbounded_channel();
                         let _ = tx.send(Command::Stop { grace: grace(&vmi) });
                         let runner = runner.clone();
-                        let task = tokio::spawn(async move { runner.own(vmi, rx).await });
+                        let commands = tx.clone();
+                        let task = tokio::spawn(async move { runner.own(vmi, commands, rx).await });
                         owners.insert(uid, (tx, task));
                     }
                 }
@@ -118,7 +160,8 @@ pub async fn run(client: Client, config: AgentConfig, accel: Accel) {
                     }
                     let (tx, rx) = mpsc::unbounded_channel();
                     let runner = runner.clone();
-                    let task = tokio::spawn(async move { runner.own(vmi, rx).await });
+                    let commands = tx.clone();
+                    let task = tokio::spawn(async move { runner.own(vmi, commands, rx).await });
                     owners.insert(uid, (tx, task));
                 }
             }
@@ -355,7 +398,12 @@ impl Runner {
     }
 
     /// The owner task of one instance.
-    async fn own(self: Arc<Self>, vmi: Object, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn own(
+        self: Arc<Self>,
+        vmi: Object,
+        sender: mpsc::UnboundedSender<Command>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
         let name = vmi.display_name();
         let vmi = match self.add_finalizer(&vmi).await {
             Ok(v) => v,
@@ -434,6 +482,27 @@ impl Runner {
                 }
             }
         };
+        let (serial, relay) = SerialHub::start(
+            run_dir.join("serial.sock"),
+            crate::console::log_path(&run_dir),
+        );
+        let handle = VmHandle {
+            namespace: vmi.metadata.namespace.clone(),
+            name: vmi.metadata.name.clone(),
+            pid: qemu.pid,
+            run_dir: run_dir.clone(),
+            serial,
+            commands: sender,
+        };
+        self.vms
+            .lock()
+            .expect("vms lock")
+            .insert(vmi.metadata.uid.clone(), handle);
+        let _registered = Registered {
+            vms: self.vms.clone(),
+            uid: vmi.metadata.uid.clone(),
+            relay,
+        };
         let paused = matches!(qemu.qmp.status().await.as_deref(), Ok("paused"));
         let interfaces: Vec<Value> = vmi.spec()["domain"]["devices"]["interfaces"]
             .as_array()
@@ -496,6 +565,10 @@ impl Runner {
                                 self.events.record(&vmi, EventType::Normal, reason, message).await;
                             }
                         }
+                    }
+                    Some(Command::BlockStats(reply)) => {
+                        let stats = qemu.qmp.execute("query-blockstats", None).await.unwrap_or(Value::Null);
+                        let _ = reply.send(stats);
                     }
                     Some(Command::Stop { grace }) if stop_deadline.is_some() => {
                         // A later stop may shorten the grace period (vmo stop --force).
@@ -560,6 +633,22 @@ impl Runner {
                 .await;
         }
         tracing::info!(vmi = %name, "instance ended");
+    }
+}
+
+/// Removes an instance from [`Vms`] and stops its console relay when its owner task ends.
+struct Registered {
+    vms: Vms,
+    uid: String,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.relay.abort();
+        if let Ok(mut vms) = self.vms.lock() {
+            vms.remove(&self.uid);
+        }
     }
 }
 

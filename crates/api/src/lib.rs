@@ -8,6 +8,7 @@ pub mod meta;
 pub mod object;
 pub mod patch;
 pub mod quantity;
+pub mod secrets;
 pub mod selector;
 pub mod status;
 pub mod table;

@@ -3,7 +3,9 @@
 //! `service` holds the resource semantics, `watch` the event streams, `server` the HTTP front,
 //! `discovery` and `openapi` what kubectl reads to learn the kinds, `pki` and `auth` who may talk.
 
+pub mod agent_proxy;
 pub mod auth;
+pub mod console;
 pub mod discovery;
 pub mod lifecycle;
 pub mod metrics;

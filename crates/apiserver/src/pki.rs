@@ -4,7 +4,6 @@
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +31,9 @@ pub struct Pki {
     pub ca_cert: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// The client certificate the server presents to agents when it proxies consoles and metrics.
+    pub proxy_cert: PathBuf,
+    pub proxy_key: PathBuf,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -43,16 +45,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 
 /// Writes a file readable only by its owner.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(contents).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    vmo_api::secrets::write_private(path, contents).map_err(io(path))
 }
 
 impl Pki {
@@ -65,6 +58,8 @@ impl Pki {
             ca_cert: pki_dir.join("ca.crt"),
             server_cert: pki_dir.join("server.crt"),
             server_key: pki_dir.join("server.key"),
+            proxy_cert: pki_dir.join("proxy-client.crt"),
+            proxy_key: pki_dir.join("proxy-client.key"),
         };
         let ca_key_path = pki_dir.join("ca.key");
         let hosts_path = pki_dir.join("server.hosts");
@@ -74,17 +69,29 @@ impl Pki {
             write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
             fs::write(&pki.ca_cert, cert.pem()).map_err(io(&pki.ca_cert))?;
             let _ = fs::remove_file(&pki.server_cert);
+            let _ = fs::remove_file(&pki.proxy_cert);
+        }
+        if !pki.proxy_cert.exists() || !pki.proxy_key.exists() {
+            let (ca, ca_key) = load_ca(&ca_key_path)?;
+            let key = KeyPair::generate().map_err(PkiError::Generate)?;
+            let mut params =
+                CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Generate)?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "vmo-apiserver-proxy");
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+            let cert = params
+                .signed_by(&key, &ca, &ca_key)
+                .map_err(PkiError::Generate)?;
+            write_private(&pki.proxy_key, key.serialize_pem().as_bytes())?;
+            fs::write(&pki.proxy_cert, cert.pem()).map_err(io(&pki.proxy_cert))?;
         }
         let wanted = hosts.join("\n");
         let current = fs::read_to_string(&hosts_path).unwrap_or_default();
         let covered = hosts.iter().all(|h| current.lines().any(|l| l == h));
         if !pki.server_cert.exists() || !pki.server_key.exists() || !covered {
-            let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
-            let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(PkiError::Generate)?;
-            // The same parameters and key give an issuer identical to the stored CA certificate.
-            let ca = ca_params()?
-                .self_signed(&ca_key)
-                .map_err(PkiError::Generate)?;
+            let (ca, ca_key) = load_ca(&ca_key_path)?;
             let key = KeyPair::generate().map_err(PkiError::Generate)?;
             let mut params =
                 CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Generate)?;
@@ -114,6 +121,14 @@ impl Pki {
         Ok(pki)
     }
 
+    /// The identity the server proxies to agents with.
+    pub fn proxy_identity(&self) -> Result<crate::agent_proxy::ProxyIdentity, PkiError> {
+        Ok(crate::agent_proxy::ProxyIdentity {
+            certs: read_certs(&self.proxy_cert)?,
+            key: std::sync::Arc::new(read_key(&self.proxy_key)?),
+        })
+    }
+
     /// The rustls server configuration (HTTP/1.1).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         let certs = read_certs(&self.server_cert)?;
@@ -128,6 +143,17 @@ impl Pki {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// The CA as an issuer, rebuilt from its stored key: the same parameters and key give an issuer
+/// identical to the stored CA certificate.
+fn load_ca(ca_key_path: &Path) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
+    let ca_key_pem = fs::read_to_string(ca_key_path).map_err(io(ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(PkiError::Generate)?;
+    let ca = ca_params()?
+        .self_signed(&ca_key)
+        .map_err(PkiError::Generate)?;
+    Ok((ca, ca_key))
 }
 
 /// The CA's parameters; fixed so the issuer can be rebuilt from the stored key.

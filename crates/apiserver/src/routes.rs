@@ -11,12 +11,22 @@ pub enum Route {
     CoreVersions,
     Groups,
     Group(String),
-    Resources { group: String, version: String },
+    Resources {
+        group: String,
+        version: String,
+    },
     OpenApiV2,
     Metrics,
     OpenApiV3Root,
-    OpenApiV3 { group_version: String },
+    OpenApiV3 {
+        group_version: String,
+    },
     Resource(ResourcePath),
+    /// `/api/v1/nodes/NAME/proxy/PATH`: a GET passed to the node's agent.
+    NodeProxy {
+        node: String,
+        path: String,
+    },
     NotFound,
 }
 
@@ -52,6 +62,10 @@ pub fn parse(path: &str) -> Route {
         ["openapi", "v3"] => Route::OpenApiV3Root,
         ["openapi", "v3", rest @ ..] => Route::OpenApiV3 {
             group_version: rest.join("/"),
+        },
+        ["api", "v1", "nodes", node, "proxy", rest @ ..] => Route::NodeProxy {
+            node: node.to_string(),
+            path: rest.join("/"),
         },
         ["api", version, rest @ ..] => resource("", version, rest),
         ["apis", group, version, rest @ ..] => resource(group, version, rest),

@@ -43,6 +43,9 @@ pub struct ServerSettings {
     pub bookmark_interval: Duration,
     /// Longest a watch runs when the client gives no timeout.
     pub max_watch: Duration,
+    /// The client identity for reaching agents (consoles, VNC, node metrics); without it those
+    /// answer 503.
+    pub agent_proxy: Option<crate::agent_proxy::ProxyIdentity>,
 }
 
 impl Default for ServerSettings {
@@ -50,6 +53,7 @@ impl Default for ServerSettings {
         Self {
             bookmark_interval: Duration::from_secs(5),
             max_watch: Duration::from_secs(1800),
+            agent_proxy: None,
         }
     }
 }
@@ -164,6 +168,7 @@ impl ApiServer {
                             .header_read_timeout(HEADER_READ_TIMEOUT)
                             .keep_alive(true)
                             .serve_connection(TokioIo::new(tls), service)
+                            .with_upgrades()
                             .await
                         {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -288,6 +293,10 @@ impl ApiServer {
                 Ok(resp) => resp,
                 Err(status) => status_response(&status),
             },
+            Route::NodeProxy { node, path } => match self.node_proxy(&node, &path).await {
+                Ok(resp) => resp,
+                Err(status) => status_response(&status),
+            },
             Route::NotFound | Route::Health | Route::Version => status_response(&not_found_route()),
         }
     }
@@ -298,6 +307,10 @@ impl ApiServer {
         path: ResourcePath,
     ) -> Result<Response<Body>, Status> {
         if path.group == "subresources.kubevirt.io" {
+            if crate::console::is_stream(&path) {
+                let proxy = self.settings.agent_proxy.as_ref();
+                return crate::console::serve(&self.service, proxy, req, &path).await;
+            }
             return self.lifecycle(req, path).await;
         }
         let kind = *self
@@ -447,6 +460,30 @@ impl ApiServer {
                 "{m} is not supported on this path"
             ))),
         }
+    }
+
+    /// `GET /api/v1/nodes/NAME/proxy/metrics` (or `healthz`): the node agent's page, for
+    /// Prometheus and admins who hold an API token but no agent client certificate.
+    async fn node_proxy(&self, node: &str, path: &str) -> Result<Response<Body>, Status> {
+        if !matches!(path, "metrics" | "healthz") {
+            return Err(Status::not_found("nodes/proxy", path));
+        }
+        let node_kind = *self
+            .service
+            .registry()
+            .resolve("nodes")
+            .expect("nodes are registered");
+        let node = self.service.get(&node_kind, "", node).await?;
+        let proxy =
+            self.settings.agent_proxy.as_ref().ok_or_else(|| {
+                Status::unavailable("this server has no client identity for agents")
+            })?;
+        let (code, body) = proxy.get(&node, &format!("/{path}")).await?;
+        Ok(Response::builder()
+            .status(code)
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(body).boxed_unsync())
+            .expect("valid response"))
     }
 
     /// `PUT .../virtualmachines/NAME/{start,stop,restart}` with an optional `{"gracePeriod": N}`.

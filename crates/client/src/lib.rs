@@ -22,6 +22,9 @@ use vmo_api::{KindInfo, Object, ObjectList, Status, WatchEvent};
 
 pub use kubeconfig::Credentials;
 
+/// A websocket to the server (consoles, VNC).
+pub type WebSocket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
 /// Idle connections kept for reuse.
 const POOL_SIZE: usize = 32;
 
@@ -85,6 +88,7 @@ struct Inner {
     tls: TlsConnector,
     token: String,
     namespace: Option<String>,
+    ca_pem: Option<Vec<u8>>,
     pool: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
 
@@ -153,6 +157,7 @@ impl Client {
                 tls: TlsConnector::from(Arc::new(config)),
                 token: creds.token,
                 namespace: creds.namespace,
+                ca_pem: creds.ca_pem,
                 pool: Mutex::new(Vec::new()),
             }),
         })
@@ -163,28 +168,18 @@ impl Client {
         &self.inner.server
     }
 
+    /// The CA certificate (PEM) the client trusts the server by, if the kubeconfig has one.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.inner.ca_pem.as_deref()
+    }
+
     /// The kubeconfig context's default namespace.
     pub fn default_namespace(&self) -> Option<&str> {
         self.inner.namespace.as_deref()
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
-        let tcp = TcpStream::connect(&self.inner.authority)
-            .await
-            .map_err(|source| ClientError::Connect {
-                server: self.inner.server.clone(),
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let tls = self
-            .inner
-            .tls
-            .connect(self.inner.server_name.clone(), tcp)
-            .await
-            .map_err(|source| ClientError::Tls {
-                server: self.inner.server.clone(),
-                source,
-            })?;
+        let tls = self.tls_stream().await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(ClientError::Http)?;
@@ -192,6 +187,62 @@ impl Client {
             let _ = connection.await;
         });
         Ok(sender)
+    }
+
+    async fn tls_stream(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+        let tcp = TcpStream::connect(&self.inner.authority)
+            .await
+            .map_err(|source| ClientError::Connect {
+                server: self.inner.server.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        self.inner
+            .tls
+            .connect(self.inner.server_name.clone(), tcp)
+            .await
+            .map_err(|source| ClientError::Tls {
+                server: self.inner.server.clone(),
+                source,
+            })
+    }
+
+    /// Opens a websocket on `path` (a console or VNC subresource) with the `plain.kubevirt.io`
+    /// subprotocol, authenticated like every request. A refusal comes back as the server's Status.
+    pub async fn websocket(&self, path: &str) -> Result<WebSocket, ClientError> {
+        use tokio_tungstenite::tungstenite::{self, handshake::client::generate_key};
+        let tls = self.tls_stream().await?;
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("wss://{}{path}", self.inner.authority))
+            .header(header::HOST, &self.inner.authority)
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.inner.token),
+            )
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", generate_key())
+            .header("sec-websocket-protocol", "plain.kubevirt.io")
+            .body(())
+            .map_err(|e| ClientError::Url {
+                url: path.to_string(),
+                why: e.to_string(),
+            })?;
+        match tokio_tungstenite::client_async(request, tls).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tungstenite::Error::Http(response)) => {
+                let status = response.status();
+                let body = response.into_body().unwrap_or_default();
+                decode_answer(status, &body).and_then(|_| {
+                    Err(ClientError::Decode(format!(
+                        "the server answered {status} instead of switching to a websocket"
+                    )))
+                })
+            }
+            Err(e) => Err(ClientError::Decode(format!("websocket handshake: {e}"))),
+        }
     }
 
     async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {

@@ -112,7 +112,11 @@ impl TestServer {
             .expect("pki");
         let token = "test-token-0123456789".to_string();
         let auth = Authenticator::new(vec![(token.clone(), "admin".into())]);
-        let server = ApiServer::new(store.clone(), auth, test_settings());
+        let settings = ServerSettings {
+            agent_proxy: Some(pki.proxy_identity().expect("proxy identity")),
+            ..test_settings()
+        };
+        let server = ApiServer::new(store.clone(), auth, settings);
         server.bootstrap().await.expect("bootstrap");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -272,6 +276,19 @@ impl VmoProcess {
     /// Runs `vmo ARGS` with standard input.
     pub fn cli_with_input(&self, args: &[&str], input: Option<&str>) -> (bool, String, String) {
         run_with_input(&self.binary, &self.kubeconfig, args, input)
+    }
+
+    /// Starts `vmo ARGS` against it with piped standard streams, for interactive verbs
+    /// (`vmo console`, `vmo vnc`).
+    pub fn spawn_cli(&self, args: &[&str]) -> Child {
+        Command::new(&self.binary)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmo")
     }
 
     /// The process id.
@@ -444,6 +461,27 @@ pub async fn console_until(socket: &Path, marker: &str, deadline: Duration) -> S
         }
     }
     seen
+}
+
+/// Waits until the agent's console log (`serial.log` in a VM's run directory) shows `marker`;
+/// returns the log. Panics with what it saw after `deadline`.
+pub async fn console_log_until(log: &Path, marker: &str, deadline: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let seen = std::fs::read(log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if seen.contains(marker) {
+            return seen;
+        }
+        if start.elapsed() > deadline {
+            panic!(
+                "no {marker:?} in {} within {deadline:?}; saw:\n{seen}",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The `p` quantile (0..=1) of sorted durations, nearest rank; zero for none.

@@ -25,11 +25,15 @@ pub struct NodeArgs {
     /// Accelerator for VMs: auto boot-probes KVM and uses it only if a guest really runs.
     #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     pub accel: String,
+    /// Address of the agent endpoint the server proxies consoles and metrics to (`vmo agent`:
+    /// 0.0.0.0:10250; `vmo up`: 127.0.0.1 on a free port). Port 0 picks a free port.
+    #[arg(long)]
+    pub agent_listen: Option<std::net::SocketAddr>,
 }
 
 impl NodeArgs {
-    /// The agent configuration these flags describe.
-    pub fn config(&self, data_dir: PathBuf) -> AgentConfig {
+    /// The agent configuration these flags describe; `default_listen` unless `--agent-listen`.
+    pub fn config(&self, data_dir: PathBuf, default_listen: std::net::SocketAddr) -> AgentConfig {
         let name = self
             .node_name
             .clone()
@@ -38,6 +42,7 @@ impl NodeArgs {
         config.zone = self.zone.clone();
         config.pool = self.pool.clone();
         config.heartbeat_interval = self.heartbeat_interval;
+        config.listen = self.agent_listen.unwrap_or(default_listen);
         config.lease_duration = (self.heartbeat_interval * 4).max(Duration::from_secs(1));
         config.accel = match self.accel.as_str() {
             "kvm" => vmo_agent::AccelChoice::Kvm,
@@ -62,7 +67,10 @@ pub async fn run(ctx: &crate::cli::Context, args: AgentArgs) -> anyhow::Result<(
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     let _lock = datadir::lock(&args.data_dir)?;
     let client = ctx.client()?;
-    let config = args.node.config(args.data_dir.clone());
+    let config = args.node.config(
+        args.data_dir.clone(),
+        std::net::SocketAddr::from(([0, 0, 0, 0], vmo_agent::DEFAULT_PORT)),
+    );
     println!("vmo agent {} joining {}", config.node_name, client.server());
     tokio::select! {
         result = vmo_agent::run(client, config) => result.context("the node agent stopped")?,

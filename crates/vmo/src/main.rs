@@ -44,6 +44,10 @@ enum Command {
     Delete(cli::delete::DeleteArgs),
     /// Start a VirtualMachine.
     Start(cli::lifecycle::StartArgs),
+    /// Attach this terminal to a VM's serial console (Ctrl+] detaches).
+    Console(cli::console::ConsoleArgs),
+    /// Serve a VM's VNC display on a local port for any VNC viewer.
+    Vnc(cli::console::VncArgs),
     /// Stop a VirtualMachine: ACPI power button, then, after the grace period, kill.
     Stop(cli::lifecycle::StopArgs),
     /// Restart a VirtualMachine with a new instance.
@@ -99,6 +103,8 @@ fn main() -> ExitCode {
             Command::Describe(a) => cli::describe::run(&ctx, a).await,
             Command::Delete(a) => cli::delete::run(&ctx, a).await,
             Command::Start(a) => cli::lifecycle::start(&ctx, a).await,
+            Command::Console(a) => cli::console::console(&ctx, a).await,
+            Command::Vnc(a) => cli::console::vnc(&ctx, a).await,
             Command::Stop(a) => cli::lifecycle::stop(&ctx, a).await,
             Command::Restart(a) => cli::lifecycle::restart(&ctx, a).await,
             Command::Pause(a) => cli::lifecycle::pause(&ctx, a).await,

@@ -68,7 +68,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
-    let server = ApiServer::new(store.clone(), auth, ServerSettings::default());
+    let settings = ServerSettings {
+        agent_proxy: Some(
+            pki.proxy_identity()
+                .context("loading the server's client certificate for agents")?,
+        ),
+        ..ServerSettings::default()
+    };
+    let server = ApiServer::new(store.clone(), auth, settings);
     server
         .bootstrap()
         .await
@@ -89,7 +96,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let kubeconfig = vmo_client::kubeconfig::render("vmo", &url, &ca_pem, &admin_token);
     vmo_apiserver::pki::write_private(&kubeconfig_path, kubeconfig.as_bytes())?;
     let client = vmo_client::Client::from_kubeconfig(&kubeconfig_path)?;
-    let agent_config = (!args.no_agent).then(|| args.node.config(dir.join("agent")));
+    let agent_config = (!args.no_agent).then(|| {
+        args.node.config(
+            dir.join("agent"),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+    });
     let mut tasks = vmo_controllers::start_all(
         client.clone(),
         vmo_controllers::ControllerSettings {

@@ -28,6 +28,8 @@ fn spawn_agent(up: &VmoProcess, dir: &Path, name: &str, zone: &str) -> Child {
             "rack-1",
             "--heartbeat-interval",
             "1s",
+            "--agent-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.join(name))
@@ -105,6 +107,23 @@ async fn agents_register_heartbeat_and_are_marked_unreachable_when_killed() {
     }
     let n1 = node(&client, "n1").await.unwrap();
     assert_eq!(n1.metadata.labels["topology.kubernetes.io/zone"], "zone-a");
+    // Each agent serves its own endpoint; the server reaches every one of them.
+    let mut endpoints = std::collections::HashSet::new();
+    for name in ["local", "n1", "n2"] {
+        let n = node(&client, name).await.unwrap();
+        endpoints.insert(n.metadata.annotations["vmo.io/agent-endpoint"].clone());
+    }
+    assert_eq!(endpoints.len(), 3, "{endpoints:?}");
+    for name in ["local", "n1", "n2"] {
+        let page = client
+            .get_text(&format!("/api/v1/nodes/{name}/proxy/metrics"))
+            .await
+            .unwrap();
+        assert!(
+            page.contains(&format!("vmo_agent_running_vmis{{node=\"{name}\"}} 0")),
+            "{page}"
+        );
+    }
     assert_eq!(n1.metadata.labels["vmo.io/machine-pool"], "rack-1");
     // The table shows all three.
     let (ok, out, _) = up.cli(&["get", "nodes"]);

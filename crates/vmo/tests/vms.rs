@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vmo_api::{Object, Registry};
 use vmo_client::Client;
-use vmo_testkit::{console_until, test_guest, wait_for, KeptDir, VmoProcess};
+use vmo_testkit::{console_log_until, test_guest, wait_for, KeptDir, VmoProcess};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -135,8 +135,8 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     assert_eq!(instance.status()["phase"], "Running");
     assert_eq!(instance.status()["nodeName"], "node-a");
     let uid = instance.metadata.uid.clone();
-    let console = console_until(
-        &run_dir(&data, &uid).join("serial.sock"),
+    let console = console_log_until(
+        &run_dir(&data, &uid).join("serial.log"),
         "VMO-GUEST: ready",
         Duration::from_secs(150),
     )
@@ -308,4 +308,207 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
         (!alive(last_pid)).then_some(())
     })
     .await;
+}
+
+/// Collects a child's output stream on a thread, so a test can wait for text in it.
+fn collect(
+    stream: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut stream = stream;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stream, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    seen
+}
+
+async fn wait_text(what: &str, seen: &std::sync::Arc<std::sync::Mutex<String>>, text: &str) {
+    wait_for(what, WAIT, || async {
+        seen.lock().unwrap().contains(text).then_some(())
+    })
+    .await
+}
+
+/// Waits for a child to exit (panicking after [`WAIT`]) and returns whether it succeeded.
+async fn exited(child: &mut std::process::Child) -> bool {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        assert!(started.elapsed() < WAIT, "the command did not exit within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the first sample of `series` (name and labels as printed) in a metrics page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consoles_vnc_and_metrics_through_the_server() {
+    use std::io::Write;
+    let Some(guest) = test_guest() else { return };
+    let dir = KeptDir::new("vmo-consoles-");
+    let data = dir.path().join("data");
+    let args = ["--accel", "tcg", "--node-name", "node-c"];
+    let up = VmoProcess::start_with_args(vmo(), &data, &args).await;
+    let client = up.client();
+    let (ok, out, err) = up.cli_with_input(
+        &["apply", "-f", "-"],
+        Some(&manifest("con", &guest, "Always")),
+    );
+    assert!(ok, "{out}{err}");
+    wait_printable(&client, "con", "Running").await;
+    let uid = vmi(&client, "con").await.unwrap().metadata.uid;
+    // The agent keeps the console log while nobody is attached.
+    console_log_until(
+        &run_dir(&data, &uid).join("serial.log"),
+        "VMO-GUEST: ready",
+        Duration::from_secs(150),
+    )
+    .await;
+    let console_path =
+        "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/con/console";
+
+    // Only authenticated users reach a console, and the agent admits only the server.
+    let stranger = vmo_client::Client::new(vmo_client::Credentials {
+        server: client.server().to_string(),
+        ca_pem: client.ca_pem().map(<[u8]>::to_vec),
+        token: "not-a-token".into(),
+        namespace: None,
+    })
+    .unwrap();
+    let refused = stranger.websocket(console_path).await.err().unwrap();
+    assert_eq!(refused.code(), Some(401), "{refused}");
+    let refused = stranger
+        .get_text("/api/v1/nodes/node-c/proxy/metrics")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(401), "{refused}");
+    let node = client
+        .get(Registry::builtin().resolve("nodes").unwrap(), "", "node-c")
+        .await
+        .unwrap();
+    let endpoint = &node.metadata.annotations["vmo.io/agent-endpoint"];
+    let direct = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "5", &format!("{endpoint}/metrics")])
+        .output();
+    match direct {
+        Ok(o) => assert!(
+            !o.status.success() && o.stdout.is_empty(),
+            "the agent endpoint answered a client without a cluster certificate: {}",
+            String::from_utf8_lossy(&o.stdout)
+        ),
+        Err(e) => eprintln!("curl is not available ({e}); skipped the direct agent check"),
+    }
+
+    // `vmo console`: keys reach the guest's shell and its answer comes back.
+    let mut first = up.spawn_cli(&["console", "con"]);
+    let first_out = collect(first.stdout.take().unwrap());
+    let first_err = collect(first.stderr.take().unwrap());
+    wait_text("console attached", &first_err, "Successfully connected").await;
+    let mut keys = first.stdin.take().unwrap();
+    keys.write_all(b"echo VMO-CONSOLE-$((6*7))\n").unwrap();
+    wait_text("the guest's answer", &first_out, "VMO-CONSOLE-42").await;
+
+    // A second session takes over; the first is told and ends.
+    let mut second = up.spawn_cli(&["console", "con"]);
+    let second_out = collect(second.stdout.take().unwrap());
+    let second_err = collect(second.stderr.take().unwrap());
+    wait_text(
+        "second console attached",
+        &second_err,
+        "Successfully connected",
+    )
+    .await;
+    wait_text(
+        "takeover notice",
+        &first_out,
+        "another console session took over",
+    )
+    .await;
+    assert!(exited(&mut first).await);
+    let mut keys = second.stdin.take().unwrap();
+    keys.write_all(b"echo VMO-SECOND-$((6*8))\n").unwrap();
+    wait_text("the guest's answer", &second_out, "VMO-SECOND-48").await;
+    // Ctrl+] detaches.
+    keys.write_all(&[0x1d]).unwrap();
+    assert!(exited(&mut second).await);
+    wait_text("detach notice", &second_err, "[detached]").await;
+
+    // `vmo vnc`: a local port that speaks RFB, QEMU's VNC server behind it.
+    let mut vnc = up.spawn_cli(&["vnc", "con"]);
+    let vnc_out = collect(vnc.stdout.take().unwrap());
+    wait_text("vnc listening", &vnc_out, "listening on").await;
+    let line = vnc_out.lock().unwrap().clone();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap()
+        .to_string();
+    let mut viewer = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut greeting = [0u8; 12];
+    tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_exact(&mut viewer, &mut greeting),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(&greeting, b"RFB 003.008\n");
+    let _ = vnc.kill();
+    let _ = vnc.wait();
+
+    // The agent's metrics, through the server, under KubeVirt's names.
+    let page = client
+        .get_text("/api/v1/nodes/node-c/proxy/metrics")
+        .await
+        .unwrap();
+    let vm = r#"{node="node-c",namespace="default",name="con"}"#;
+    let cpu = sample(&page, &format!("kubevirt_vmi_cpu_usage_seconds_total{vm}"));
+    assert!(cpu.is_some_and(|c| c > 0.0), "{page}");
+    let rss = sample(&page, &format!("kubevirt_vmi_memory_resident_bytes{vm}"));
+    assert!(rss.is_some_and(|r| r > 1e6), "{page}");
+    let disk = r#"{node="node-c",namespace="default",name="con",drive="cloudinit"}"#;
+    let read = sample(
+        &page,
+        &format!("kubevirt_vmi_storage_read_traffic_bytes_total{disk}"),
+    );
+    assert!(
+        read.is_some_and(|r| r > 0.0),
+        "the guest read its seed: {page}"
+    );
+    assert!(
+        sample(
+            &page,
+            &format!("kubevirt_vmi_storage_iops_read_total{disk}")
+        )
+        .is_some_and(|r| r > 0.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, r#"vmo_agent_running_vmis{node="node-c"}"#),
+        Some(1.0),
+        "{page}"
+    );
+
+    // No console for a VM that is not running: the server says why.
+    let (ok, _, err) = up.cli(&["stop", "con", "--force"]);
+    assert!(ok, "{err}");
+    wait_printable(&client, "con", "Stopped").await;
+    let (ok, _, err) = up.cli(&["console", "con", "--timeout", "0"]);
+    assert!(!ok && err.contains("con"), "{err}");
 }

@@ -236,8 +236,8 @@ impl LaunchPlan {
         }
         let mut sata_port = 0;
         let mut scsi_lun = 0;
-        for (i, d) in self.disks.iter().enumerate() {
-            let id = format!("disk{i}");
+        for d in &self.disks {
+            let id = drive_id(&d.name);
             let mut drive = format!(
                 "if=none,id={id},file={},format={},cache={},aio=threads,readonly={}",
                 path_str(&d.path),
@@ -285,6 +285,22 @@ impl LaunchPlan {
         }
         a
     }
+}
+
+/// QEMU's id for a disk's drive: KubeVirt's user alias `ua-NAME` (metrics report NAME from it).
+/// Volume names are DNS labels; anything else QEMU would refuse becomes `_`.
+pub fn drive_id(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("ua-{safe}")
 }
 
 #[cfg(test)]
@@ -361,13 +377,13 @@ mod tests {
             "{args}"
         );
         assert!(
-            args.contains("virtio-blk-pci,drive=disk0,id=dev-disk0,bootindex=1"),
+            args.contains("virtio-blk-pci,drive=ua-root,id=dev-ua-root,bootindex=1"),
             "{args}"
         );
         assert!(args.contains("virtio-scsi-pci,id=scsi0"));
-        assert!(args.contains("scsi-hd,drive=disk1"));
+        assert!(args.contains("scsi-hd,drive=ua-data"));
         assert!(args.contains("serial=D1"));
-        assert!(args.contains("ide-cd,drive=disk2,id=dev-disk2,bus=ide.0"));
+        assert!(args.contains("ide-cd,drive=ua-seed,id=dev-ua-seed,bus=ide.0"));
         assert!(args.contains("readonly=on,media=cdrom"));
         assert!(args.contains("-smp 2,sockets=1,cores=2,threads=1"));
         assert!(args.contains("-accel tcg"));

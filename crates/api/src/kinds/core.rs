@@ -419,6 +419,12 @@ fn fold_string_data(o: &mut Object) {
 pub const MACHINE_POOL_LABEL: &str = "vmo.io/machine-pool";
 /// The label naming a node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The Node annotation with the URL of the agent's endpoint (consoles, metrics), which the server
+/// proxies to.
+pub const AGENT_ENDPOINT_ANNOTATION: &str = "vmo.io/agent-endpoint";
+/// The Node annotation with the SHA-256 fingerprint of the agent endpoint's certificate, which the
+/// server pins.
+pub const AGENT_CERT_ANNOTATION: &str = "vmo.io/agent-cert-sha256";
 
 fn label_cell(o: &Object, key: &str) -> Value {
     Value::String(o.metadata.labels.get(key).cloned().unwrap_or_default())

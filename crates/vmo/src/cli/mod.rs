@@ -2,6 +2,7 @@
 //! vmo API. Errors from the server are printed as the server phrased them.
 
 pub mod apply;
+pub mod console;
 pub mod delete;
 pub mod describe;
 pub mod get;
