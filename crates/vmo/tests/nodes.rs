@@ -1,6 +1,8 @@
 //! Node agents against a real `vmo up`: the local agent and two more `vmo agent` processes register
 //! Nodes with capacity, labels and versions, renew heartbeat Leases, turn Unknown and tainted when
-//! killed, and come back Ready when restarted. A second agent on one data directory is refused.
+//! killed, and come back Ready when restarted; each serves its own endpoint, which the server
+//! reaches. A second agent on one data directory is refused. A VM larger than its node is
+//! refused with the reason.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -199,4 +201,60 @@ async fn an_invalid_node_name_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid node name \"Bad_Name\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_vm_larger_than_its_node_is_unschedulable_and_says_why() {
+    let dir = KeptDir::new("vmo-too-big-");
+    let up = VmoProcess::start_with_args(
+        vmo(),
+        &dir.path().join("data"),
+        &["--node-name", "small", "--accel", "tcg"],
+    )
+    .await;
+    let client = up.client();
+    wait_for("node small Ready", WAIT, || async {
+        node(&client, "small")
+            .await
+            .filter(|n| node_condition(n, "Ready").as_deref() == Some("True"))
+    })
+    .await;
+    let mut vm = vmo_testkit::vm_manifest("huge");
+    vm["spec"]["runStrategy"] = "Always".into();
+    vm["spec"]["template"]["spec"]["domain"]["memory"]["guest"] = "64Ti".into();
+    let (ok, _, err) = up.cli_with_input(&["apply", "-f", "-"], Some(&vm.to_string()));
+    assert!(ok, "{err}");
+    let registry = Registry::builtin();
+    let vmi = wait_for("the instance to be refused", WAIT, || async {
+        client
+            .get(registry.resolve("vmi").unwrap(), "default", "huge")
+            .await
+            .ok()
+            .filter(|i| i.status()["conditions"][0]["reason"] == "Unschedulable")
+    })
+    .await;
+    let condition = &vmi.status()["conditions"][0];
+    assert_eq!(condition["type"], "PodScheduled");
+    assert_eq!(condition["status"], "False");
+    let message = condition["message"].as_str().unwrap();
+    assert!(
+        message.contains("insufficient memory") && message.contains("67108864 MiB"),
+        "{message}"
+    );
+    assert_eq!(vmi.status()["phase"], "Pending");
+    assert!(vmi.status()["nodeName"].is_null(), "never bound");
+    wait_for("ErrorUnschedulable", WAIT, || async {
+        client
+            .get(registry.resolve("vm").unwrap(), "default", "huge")
+            .await
+            .ok()
+            .filter(|v| v.status()["printableStatus"] == "ErrorUnschedulable")
+    })
+    .await;
+    let described = wait_for("the event", WAIT, || async {
+        let (_, out, _) = up.cli(&["describe", "vm", "huge"]);
+        out.contains("FailedScheduling").then_some(out)
+    })
+    .await;
+    assert!(described.contains("insufficient memory"), "{described}");
 }

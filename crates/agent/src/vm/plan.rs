@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 use vmo_api::kinds::kubevirt::{Disk, VmiSpec};
-use vmo_api::Quantity;
 
 /// The accelerator a VM runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,25 +85,10 @@ fn err(field: &str, why: impl Into<String>) -> PlanError {
 
 /// Guest memory in MiB: `domain.memory.guest`, else `resources.requests.memory`, rounded up.
 pub fn memory_mib(spec: &VmiSpec) -> Result<u64, PlanError> {
-    let (field, text) = if let Some(g) = spec.domain.memory.as_ref().and_then(|m| m.guest.as_ref())
-    {
-        ("spec.domain.memory.guest", g.0.clone())
-    } else if let Some(r) = spec
-        .domain
-        .resources
-        .as_ref()
-        .and_then(|r| r.requests.get("memory"))
-    {
-        ("spec.domain.resources.requests.memory", r.0.clone())
-    } else {
-        return Err(err("spec.domain.memory.guest", "no memory requested"));
-    };
-    let bytes = Quantity::parse(&text)
-        .ok()
-        .and_then(|q| q.value_ceil())
-        .filter(|b| *b > 0)
-        .ok_or_else(|| err(field, format!("{text:?} is not a memory size")))?;
-    Ok(((bytes + (1 << 20) - 1) >> 20) as u64)
+    let bytes = spec
+        .guest_memory_bytes()
+        .map_err(|e| err(&e.path, e.detail))?;
+    Ok(bytes.div_ceil(1 << 20))
 }
 
 fn bus_of(disk: &Disk) -> Result<(Bus, bool), PlanError> {

@@ -210,6 +210,38 @@ pub struct VmiSpec {
     pub extra: Map<String, Value>,
 }
 
+impl VmiSpec {
+    /// The guest's memory in bytes, from `domain.memory.guest`, else
+    /// `domain.resources.requests.memory`; an error names the field (under `spec.`) and why.
+    pub fn guest_memory_bytes(&self) -> Result<u64, FieldError> {
+        let domain = &self.domain;
+        let (field, text) = match (
+            domain.memory.as_ref().and_then(|m| m.guest.as_ref()),
+            domain
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.get("memory")),
+        ) {
+            (Some(g), _) => ("spec.domain.memory.guest", &g.0),
+            (None, Some(r)) => ("spec.domain.resources.requests.memory", &r.0),
+            (None, None) => {
+                return Err(FieldError::required(
+                    "spec.domain.memory.guest",
+                    "no memory requested",
+                ))
+            }
+        };
+        crate::quantity::Quantity::parse(text)
+            .ok()
+            .and_then(|q| q.value_ceil())
+            .filter(|b| *b > 0)
+            .and_then(|b| u64::try_from(b).ok())
+            .ok_or_else(|| {
+                FieldError::invalid(field, text, format!("{text:?} is not a memory size"))
+            })
+    }
+}
+
 /// The virtual hardware.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
