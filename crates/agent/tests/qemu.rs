@@ -256,4 +256,13 @@ fn the_accelerator_probe_guest_runs_and_the_probe_decides_in_time() {
     if accel == Accel::Kvm {
         assert!(why.contains("ran"));
     }
+    // The probe's QEMU is gone when the probe returns.
+    let probe_image = dir.path().join("accel-probe.img").display().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&probe_image) && !c.starts_with("timeout"))
+        .collect();
+    assert!(left.is_empty(), "probe QEMU left running: {left:?}");
 }

@@ -186,6 +186,19 @@ async fn agents_register_heartbeat_and_are_marked_unreachable_when_killed() {
         let _ = agent.kill();
         let _ = agent.wait();
     }
+    // Agents killed while probing the accelerator leave no probe QEMU behind.
+    let probes = dir.path().display().to_string();
+    wait_for("no probe QEMU left", WAIT, || async {
+        let left = std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .any(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains(&probes) && c.contains("accel-probe")
+            });
+        (!left).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -216,7 +216,10 @@ pub fn probe_accelerator(binary: &str, work_dir: &Path, deadline: Duration) -> (
     if let Err(e) = std::fs::write(&image, probe_boot_sector()) {
         return (Accel::Tcg, format!("cannot write the probe image: {e}"));
     }
-    let child = Command::new(binary)
+    // Under `timeout`, so the probe dies at its deadline even if the agent is killed meanwhile.
+    let child = Command::new("timeout")
+        .args(["-s", "KILL", &format!("{}", deadline.as_secs_f64())])
+        .arg(binary)
         .args([
             "-accel",
             "kvm",
@@ -259,7 +262,10 @@ pub fn probe_accelerator(binary: &str, work_dir: &Path, deadline: Duration) -> (
         }
     });
     let ran = rx.recv_timeout(deadline).is_ok();
-    let _ = child.kill();
+    // `timeout` passes SIGTERM on to QEMU; past the deadline it has killed QEMU already.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let output = child.wait_with_output().ok();
     let _ = std::fs::remove_file(&image);
     if ran {
