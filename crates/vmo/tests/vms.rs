@@ -345,7 +345,10 @@ async fn exited(child: &mut std::process::Child) -> bool {
         if let Some(status) = child.try_wait().unwrap() {
             return status.success();
         }
-        assert!(started.elapsed() < WAIT, "the command did not exit within {WAIT:?}");
+        assert!(
+            started.elapsed() < WAIT,
+            "the command did not exit within {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

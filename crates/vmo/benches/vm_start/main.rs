@@ -2,9 +2,13 @@
 //! (TCG), measuring API accepted -> QEMU running (the instance's Running phase, which the agent sets
 //! after QMP reports `running`) and API accepted -> the guest's boot marker on the serial console;
 //! side by side, in the same run, bare `qemu-system-x86_64` with the identical command line (spawn ->
-//! QMP running, spawn -> boot marker). Also `vmo up`'s resident memory with 0 and N VMs.
+//! QMP running, spawn -> boot marker), and libvirt's `virsh start` of an equivalent domain (see
+//! `libvirt.rs`; skipped, saying why, without libvirt). Also `vmo up`'s resident memory with 0 and N VMs.
 //!
-//! Run: `cargo bench -p vmo-vmo --bench vm_start` (VMO_BENCH_VMS, VMO_BENCH_RATE to change the load).
+//! Run: `cargo bench -p vmo-vmo --bench vm_start` (VMO_BENCH_VMS, VMO_BENCH_RATE to change the load;
+//! `scripts/install-libvirt.sh` first for the libvirt column).
+
+mod libvirt;
 
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -12,9 +16,13 @@ use std::time::{Duration, Instant};
 use vmo_agent::vm::plan::{Accel, Firmware, LaunchPlan};
 use vmo_agent::vm::process;
 use vmo_api::Registry;
-use vmo_testkit::{console_until, percentile, test_guest, wait_for, KeptDir, VmoProcess};
+use vmo_testkit::{
+    console_log_until, console_until, percentile, test_guest, wait_for, KeptDir, VmoProcess,
+};
 
 const MARKER: &str = "VMO-GUEST: booted";
+/// The guest kernel's command line, the same for vmo, bare QEMU and libvirt.
+const KERNEL_ARGS: &str = "console=ttyS0 quiet vmo.netwait=0";
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -65,7 +73,7 @@ fn vm(name: &str, guest: &Path) -> serde_json::Value {
         "spec": {"runStrategy": "Always", "template": {"spec": {
             "terminationGracePeriodSeconds": 0,
             "domain": {"memory": {"guest": "128Mi"},
-                "firmware": {"kernelBoot": {"kernelArgs": "console=ttyS0 quiet vmo.netwait=0",
+                "firmware": {"kernelBoot": {"kernelArgs": KERNEL_ARGS,
                     "container": {"kernelPath": kernel(guest).display().to_string(),
                                   "initrdPath": guest.join("initrd.img").display().to_string()}}},
                 "devices": {"disks": []}},
@@ -111,11 +119,12 @@ async fn through_vmo(
             })
             .await;
             let running = accepted.elapsed();
-            let socket = data
+            // The agent holds QEMU's serial socket (one client at a time) and logs it to serial.log.
+            let log = data
                 .join("agent/vms")
                 .join(&vmi.metadata.uid)
-                .join("serial.sock");
-            console_until(&socket, MARKER, Duration::from_secs(900)).await;
+                .join("serial.log");
+            console_log_until(&log, MARKER, Duration::from_secs(900)).await;
             (running, accepted.elapsed())
         }));
         tokio::time::sleep(interval).await;
@@ -170,7 +179,7 @@ async fn bare_qemu(
             kernel: Some((
                 kernel(guest),
                 Some(guest.join("initrd.img")),
-                "console=ttyS0 quiet vmo.netwait=0".into(),
+                KERNEL_ARGS.into(),
             )),
             disks: vec![],
             nat_nics: vec![],
@@ -211,13 +220,37 @@ fn main() {
         let interval = Duration::from_millis(1000 / rate as u64);
         let (vr, vm_marker, idle, loaded) = through_vmo(&guest, count, interval).await;
         let (br, bare_marker) = bare_qemu(&guest, count, interval).await;
+        let libvirt = libvirt::virsh_start(
+            &kernel(&guest),
+            &guest.join("initrd.img"),
+            KERNEL_ARGS,
+            count,
+            interval,
+        )
+        .await;
+        // P50 and P99 cells for libvirt, or "skipped" when it could not be measured.
+        let cells = |d: &[Duration]| {
+            format!(
+                "{} | {}",
+                secs(percentile(d, 0.5)),
+                secs(percentile(d, 0.99))
+            )
+        };
+        let (lv_running, lv_marker) = match &libvirt {
+            Ok((running, marker)) => (cells(running), cells(marker)),
+            Err(_) => ("skipped | skipped".into(), "skipped | skipped".into()),
+        };
         println!("{count} VMs at {rate}/s, TCG, 128 MiB, kernel boot of the test guest");
         println!();
-        println!("| measurement | vmo P50 | vmo P99 | bare QEMU P50 | bare QEMU P99 |");
-        println!("|---|---|---|---|---|");
-        println!("| API accepted (or spawn) -> QEMU running | {} | {} | {} | {} |", secs(percentile(&vr, 0.5)), secs(percentile(&vr, 0.99)), secs(percentile(&br, 0.5)), secs(percentile(&br, 0.99)));
-        println!("| API accepted (or spawn) -> guest boot marker | {} | {} | {} | {} |", secs(percentile(&vm_marker, 0.5)), secs(percentile(&vm_marker, 0.99)), secs(percentile(&bare_marker, 0.5)), secs(percentile(&bare_marker, 0.99)));
+        println!("| measurement | vmo P50 | vmo P99 | bare QEMU P50 | bare QEMU P99 | libvirt P50 | libvirt P99 |");
+        println!("|---|---|---|---|---|---|---|");
+        println!("| API accepted (or spawn) -> QEMU running | {} | {} | {} | {} | {} |", secs(percentile(&vr, 0.5)), secs(percentile(&vr, 0.99)), secs(percentile(&br, 0.5)), secs(percentile(&br, 0.99)), lv_running);
+        println!("| API accepted (or spawn) -> guest boot marker | {} | {} | {} | {} | {} |", secs(percentile(&vm_marker, 0.5)), secs(percentile(&vm_marker, 0.99)), secs(percentile(&bare_marker, 0.5)), secs(percentile(&bare_marker, 0.99)), lv_marker);
         println!();
+        match &libvirt {
+            Ok(_) => println!("libvirt: `virsh start` of persistent domains defined beforehand (spawn -> `virsh start` returned with the domain running; spawn -> boot marker)"),
+            Err(why) => println!("libvirt: skipped: {why}"),
+        }
         println!("`vmo up` (server, controllers and agent in one process) resident memory: {idle:.1} MiB with 0 VMs, {loaded:.1} MiB with {count} VMs");
     });
 }
