@@ -118,22 +118,38 @@ impl ResourceService {
             .await
     }
 
-    async fn request(&self, vm: &Object, action: &str) -> Result<(), Status> {
+    /// Appends a state change request (`Stop` names the instance it stops, as KubeVirt's do) to
+    /// the VM's status. The write is conditional on the version read, and retried on a conflict,
+    /// so concurrent requests and the controller's own status writes never lose one.
+    async fn request(&self, vm: &Object, action: &str, uid: Option<&str>) -> Result<(), Status> {
         let (vm_kind, _) = self.kinds();
-        let mut requests = vm.status()["stateChangeRequests"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        requests.push(json!({"action": action}));
-        self.merge(
-            &vm_kind,
-            &vm.metadata.namespace,
+        let mut vm = vm.clone();
+        let mut request = json!({"action": action});
+        if let Some(uid) = uid {
+            request["uid"] = json!(uid);
+        }
+        for _ in 0..10 {
+            let mut requests = vm.status()["stateChangeRequests"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            requests.push(request.clone());
+            let patch = json!({
+                "metadata": {"resourceVersion": vm.metadata.resource_version},
+                "status": {"stateChangeRequests": requests},
+            });
+            let (ns, name) = (&vm.metadata.namespace, &vm.metadata.name);
+            match self.merge(&vm_kind, ns, name, patch, Scope::Status).await {
+                Ok(_) => return Ok(()),
+                Err(s) if s.code == 409 => vm = self.get(&vm_kind, ns, name).await?,
+                Err(s) => return Err(s),
+            }
+        }
+        Err(Status::conflict(
+            "virtualmachines.kubevirt.io",
             &vm.metadata.name,
-            json!({"status": {"stateChangeRequests": requests}}),
-            Scope::Status,
-        )
-        .await
-        .map(|_| ())
+            "the VM changed too often to record the request; try again",
+        ))
     }
 
     async fn set_running(&self, vm: &Object, running: bool) -> Result<(), Status> {
@@ -189,16 +205,21 @@ impl ResourceService {
                 }
                 match strategy.as_str() {
                     "Halted" => self.set_running(&vm, true).await,
-                    _ => self.request(&vm, "Start").await,
+                    _ => self.request(&vm, "Start", None).await,
                 }
             }
             Action::Stop => {
                 if !running && vmi.is_none() {
                     return refuse("VM is not running");
                 }
+                // As KubeVirt: Always and Once become Halted; RerunOnFailure and Manual keep
+                // their strategy and get a stop request for the running instance.
                 match strategy.as_str() {
-                    "Always" | "RerunOnFailure" | "Once" => self.set_running(&vm, false).await,
-                    _ => self.request(&vm, "Stop").await,
+                    "Always" | "Once" => self.set_running(&vm, false).await,
+                    _ => {
+                        let uid = vmi.as_ref().map(|i| i.metadata.uid.as_str());
+                        self.request(&vm, "Stop", uid).await
+                    }
                 }
             }
             // Answered before the VM is read (a standalone instance has none); kept for completeness.
@@ -215,7 +236,7 @@ impl ResourceService {
                 };
                 self.delete(&vmi_kind, ns, name, &opts).await?;
                 if matches!(strategy.as_str(), "Manual" | "Once") {
-                    self.request(&vm, "Start").await?;
+                    self.request(&vm, "Start", None).await?;
                 }
                 Ok(())
             }

@@ -4,7 +4,7 @@
 //! | runStrategy    | instance wanted                                   | after the instance ends |
 //! |----------------|---------------------------------------------------|-------------------------|
 //! | Always         | yes                                               | replaced                |
-//! | RerunOnFailure | yes                                               | replaced if it Failed   |
+//! | RerunOnFailure | yes, until a stop request; again on a start request | replaced if it Failed   |
 //! | Halted         | no (a running one is stopped)                     | -                       |
 //! | Manual, Once   | created once, then left to start/stop requests    | left as it ended        |
 //!
@@ -101,11 +101,19 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
 /// Whether a VM without an instance should get one now.
 fn wants_instance(vm: &Object, strategy: &str, start_requested: bool) -> bool {
     match strategy {
-        "Always" | "RerunOnFailure" => true,
+        "Always" => true,
+        // Stopped on request (`vmo stop` keeps RerunOnFailure, as in KubeVirt): until started.
+        "RerunOnFailure" => start_requested || !has_request(vm, "Stop"),
         "Once" => start_requested || vm.status()["created"].is_null(),
         "Manual" => start_requested,
         _ => false,
     }
+}
+
+fn has_request(vm: &Object, action: &str) -> bool {
+    vm.status()["stateChangeRequests"]
+        .as_array()
+        .is_some_and(|rs| rs.iter().any(|r| r["action"] == action))
 }
 
 fn phase(vmi: &Object) -> &str {
@@ -168,7 +176,11 @@ async fn reconcile(
         .cloned()
         .unwrap_or_default();
     let start_requested = requests.iter().any(|r| r["action"] == "Start");
-    let stop_requested = requests.iter().any(|r| r["action"] == "Stop");
+    // A stop request names the instance it stops; one for an earlier instance stops nothing now.
+    let stop_requested = requests.iter().any(|r| {
+        r["action"] == "Stop"
+            && (r["uid"].is_null() || vmi.as_ref().is_some_and(|i| r["uid"] == i.metadata.uid))
+    });
     match (&vmi, strategy.as_str()) {
         (None, _) if !deleting && wants_instance(vm, &strategy, start_requested) => {
             // Report what was just done, not the cache's older view.
@@ -320,12 +332,18 @@ async fn write_status(
         i.metadata.deletion_timestamp.is_none() && !matches!(phase(i), "Succeeded" | "Failed")
     });
     if let Some(requests) = status["stateChangeRequests"].as_array().cloned() {
+        let start_pending = requests.iter().any(|r| r["action"] == "Start") && !live;
         let pending: Vec<Value> = requests
             .into_iter()
-            .filter(|r| {
-                (r["action"] == "Start" && !live)
-                    || (r["action"] == "Stop"
-                        && vmi.is_some_and(|i| i.metadata.deletion_timestamp.is_none()))
+            .filter(|r| match r["action"].as_str() {
+                Some("Start") => !live,
+                Some("Stop") => match vmi.filter(|i| i.metadata.deletion_timestamp.is_none()) {
+                    // Still to carry out, unless it names an earlier instance.
+                    Some(i) => r["uid"].is_null() || r["uid"] == i.metadata.uid,
+                    // Done; for RerunOnFailure it keeps the VM stopped until a start request.
+                    None => strategy == "RerunOnFailure" && !start_pending,
+                },
+                _ => false,
             })
             .collect();
         if pending.is_empty() {

@@ -1091,3 +1091,68 @@ async fn metrics_count_requests_and_need_a_token() {
     let anonymous = s.client_with_token("nope");
     assert_eq!(api_error(anonymous.get_text("/metrics").await).code, 401);
 }
+
+#[tokio::test]
+async fn stop_and_start_keep_a_rerun_on_failure_strategy_as_kubevirt_does() {
+    let s = TestServer::start_with_controllers().await;
+    let (vm_kind, vmi_kind) = (s.kind("vm"), s.kind("vmi"));
+    let mut vm = vm_manifest("rerun");
+    vm["spec"]["runStrategy"] = json!("RerunOnFailure");
+    s.client.create(&vm_kind, "default", &vm).await.unwrap();
+    let first = wait_for("the first instance", WAIT, || async {
+        s.client.get(&vmi_kind, "default", "rerun").await.ok()
+    })
+    .await;
+    let lifecycle = |action: &str| {
+        format!(
+            "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines/rerun/{action}"
+        )
+    };
+    let put = |path: String| {
+        let client = s.client.clone();
+        async move {
+            client
+                .call(
+                    Method::PUT,
+                    &path,
+                    Some(("application/json", b"{}".to_vec())),
+                    "application/json",
+                )
+                .await
+        }
+    };
+    put(lifecycle("stop")).await.unwrap();
+    // The request names the instance it stops, and the strategy stays.
+    let stopped = wait_for("the instance gone", WAIT, || async {
+        let gone = s
+            .client
+            .get(&vmi_kind, "default", "rerun")
+            .await
+            .err()
+            .is_some_and(|e| e.is_not_found());
+        let vm = s.client.get(&vm_kind, "default", "rerun").await.unwrap();
+        (gone && vm.status()["printableStatus"] == "Stopped").then_some(vm)
+    })
+    .await;
+    assert_eq!(stopped.spec()["runStrategy"], "RerunOnFailure");
+    let requests = &stopped.status()["stateChangeRequests"];
+    assert_eq!(requests[0]["action"], "Stop", "{requests}");
+    assert_eq!(requests[0]["uid"], json!(first.metadata.uid), "{requests}");
+    // Stopped on request, it is not started again behind the user's back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(s.client.get(&vmi_kind, "default", "rerun").await.is_err());
+    // A start request brings a new instance, and the requests are cleared once it runs.
+    put(lifecycle("start")).await.unwrap();
+    let second = wait_for("a new instance", WAIT, || async {
+        s.client.get(&vmi_kind, "default", "rerun").await.ok()
+    })
+    .await;
+    assert_ne!(second.metadata.uid, first.metadata.uid);
+    wait_for("requests cleared", WAIT, || async {
+        let vm = s.client.get(&vm_kind, "default", "rerun").await.unwrap();
+        vm.status()["stateChangeRequests"].is_null().then_some(())
+    })
+    .await;
+    let vm = s.client.get(&vm_kind, "default", "rerun").await.unwrap();
+    assert_eq!(vm.spec()["runStrategy"], "RerunOnFailure");
+}
