@@ -257,7 +257,9 @@ impl Runner {
     }
 
     async fn finish_deletion(&self, vmi: &Object) {
-        let _ = std::fs::remove_dir_all(self.run_dir(vmi));
+        // Disk images can be large: removing them must not hold up an async worker.
+        let run_dir = self.run_dir(vmi);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(run_dir)).await;
         let finalizers: Vec<String> = vmi
             .metadata
             .finalizers
@@ -596,7 +598,8 @@ impl Runner {
                 _ = wait => {
                     tracing::warn!(vmi = %name, "the guest did not shut down within its grace period; killing QEMU");
                     self.events.record(&vmi, EventType::Warning, "GracePeriodExpired", "The guest did not shut down within its grace period; QEMU was killed").await;
-                    process::kill(qemu.pid);
+                    let pid = qemu.pid;
+                    let _ = tokio::task::spawn_blocking(move || process::kill(pid)).await;
                     stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
                 }
             }
