@@ -68,7 +68,7 @@ fn kernel_boot_spec(guest: &Path) -> VmiSpec {
         "domain": {
             "memory": {"guest": "256Mi"},
             "firmware": {"kernelBoot": {
-                "kernelArgs": "console=ttyS0 quiet",
+                "kernelArgs": "console=ttyS0 quiet no_timer_check",
                 "container": {
                     "kernelPath": guest.join("vmlinuz").display().to_string(),
                     "initrdPath": guest.join("initrd.img").display().to_string()

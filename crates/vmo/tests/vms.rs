@@ -2,7 +2,9 @@
 //! the test guest with its cloud-init; kill -9 of `vmo up` leaves the guest running and the restarted
 //! agent adopts it; a QEMU killed from outside is reported and replaced per runStrategy; Halted
 //! stops the guest by ACPI; a VM whose disk is missing fails with the field named and backs off;
-//! deleting a VM removes its instance and its QEMU.
+//! deleting a VM removes its instance and its QEMU. Consoles (`vmo console`, takeover, detach),
+//! `vmo vnc`, the agent's metrics through the server, and a reboot inside the guest that keeps the
+//! instance.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,7 +39,7 @@ spec:
           guest: 192Mi
         firmware:
           kernelBoot:
-            kernelArgs: console=ttyS0 quiet vmo.netwait=0
+            kernelArgs: console=ttyS0 quiet no_timer_check vmo.netwait=0
             container:
               kernelPath: {g}/{kernel}
               initrdPath: {g}/initrd.img
@@ -360,7 +362,7 @@ fn sample(page: &str, series: &str) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consoles_vnc_and_metrics_through_the_server() {
+async fn consoles_vnc_metrics_and_a_guest_reboot() {
     use std::io::Write;
     let Some(guest) = test_guest() else { return };
     let dir = KeptDir::new("vmo-consoles-");
@@ -446,6 +448,29 @@ async fn consoles_vnc_and_metrics_through_the_server() {
     let mut keys = second.stdin.take().unwrap();
     keys.write_all(b"echo VMO-SECOND-$((6*8))\n").unwrap();
     wait_text("the guest's answer", &second_out, "VMO-SECOND-48").await;
+    // A reboot inside the guest keeps the instance and its QEMU; the console stays attached.
+    let pid = qemu_pid(&data, &uid);
+    keys.write_all(b"reboot -f\n").unwrap();
+    let log = run_dir(&data, &uid).join("serial.log");
+    wait_for(
+        "the guest to boot again",
+        Duration::from_secs(150),
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            (text.matches("VMO-GUEST: ready").count() >= 2).then_some(())
+        },
+    )
+    .await;
+    let after = vmi(&client, "con").await.unwrap();
+    assert_eq!(after.metadata.uid, uid);
+    assert_eq!(after.status()["phase"], "Running");
+    assert_eq!(qemu_pid(&data, &uid), pid);
+    wait_text(
+        "the console across the reboot",
+        &second_out,
+        "VMO-GUEST: booted",
+    )
+    .await;
     // Ctrl+] detaches.
     keys.write_all(&[0x1d]).unwrap();
     assert!(exited(&mut second).await);
