@@ -25,7 +25,8 @@ pub struct UpArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub node: crate::agent::NodeArgs,
-    /// Run without the local node agent (a control plane only).
+    /// Run without the local node agent (a control plane only; with --node-name, instances are
+    /// bound to that node until the scheduler exists).
     #[arg(long)]
     pub no_agent: bool,
     /// How long after its last heartbeat a node is declared unreachable.
@@ -106,8 +107,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         client.clone(),
         vmo_controllers::ControllerSettings {
             node_grace_period: args.node_grace_period,
-            // Until the scheduler lands, instances run on this process's own node.
-            bind_to_node: agent_config.as_ref().map(|c| c.node_name.clone()),
+            // Until the scheduler lands, instances run on this process's own node, or with
+            // --no-agent on the node --node-name names (an agent running as its own process).
+            bind_to_node: agent_config
+                .as_ref()
+                .map(|c| c.node_name.clone())
+                .or_else(|| args.node.node_name.clone()),
         },
     );
     if let Some(config) = agent_config {

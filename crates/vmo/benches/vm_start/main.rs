@@ -1,9 +1,10 @@
 //! VM start latency: VirtualMachines created through the API at a steady rate under a real `vmo up`
-//! (TCG), measuring API accepted -> QEMU running (the instance's Running phase, which the agent sets
+//! and `vmo agent` (TCG), measuring API accepted -> QEMU running (the instance's Running phase, which the agent sets
 //! after QMP reports `running`) and API accepted -> the guest's boot marker on the serial console;
 //! side by side, in the same run, bare `qemu-system-x86_64` with the identical command line (spawn ->
 //! QMP running, spawn -> boot marker), and libvirt's `virsh start` of an equivalent domain (see
-//! `libvirt.rs`; skipped, saying why, without libvirt). Also `vmo up`'s resident memory with 0 and N VMs.
+//! `libvirt.rs`; skipped, saying why, without libvirt). The agent runs as its own `vmo agent` process
+//! so its resident memory is measured with 0, 10 and N VMs apart from the control plane.
 //!
 //! Run: `cargo bench -p vmo-vmo --bench vm_start` (VMO_BENCH_VMS, VMO_BENCH_RATE to change the load;
 //! `scripts/install-libvirt.sh` first for the libvirt column).
@@ -22,7 +23,7 @@ use vmo_testkit::{
 
 const MARKER: &str = "VMO-GUEST: booted";
 /// The guest kernel's command line, the same for vmo, bare QEMU and libvirt.
-const KERNEL_ARGS: &str = "console=ttyS0 quiet vmo.netwait=0";
+const KERNEL_ARGS: &str = "console=ttyS0 quiet no_timer_check vmo.netwait=0";
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -82,27 +83,85 @@ fn vm(name: &str, guest: &Path) -> serde_json::Value {
     })
 }
 
-async fn through_vmo(
-    guest: &Path,
-    count: usize,
-    interval: Duration,
-) -> (Vec<Duration>, Vec<Duration>, f64, f64) {
+/// What the vmo phase measured.
+struct VmoRun {
+    running: Vec<Duration>,
+    marker: Vec<Duration>,
+    /// `vmo agent` resident memory (MiB) with 0 VMs, with 10 (or fewer) running, and with all.
+    agent_rss: (f64, f64, f64),
+    /// `vmo up` (server, controllers, no agent) resident memory with all VMs running.
+    control_plane_rss: f64,
+}
+
+/// The time each instance was first seen Running, from one watch (polling 50 instances would load
+/// the server being measured).
+type RunningSince = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>;
+
+fn watch_running(client: vmo_client::Client, vmi_kind: vmo_api::KindInfo) -> RunningSince {
+    let seen = RunningSince::default();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let mut events = client
+            .watch(&vmi_kind, Some("default"), "")
+            .await
+            .expect("watch instances");
+        while let Some(Ok(event)) = events.next().await {
+            if event.object["status"]["phase"] == "Running" {
+                let name = event.object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                sink.lock()
+                    .unwrap()
+                    .entry(name)
+                    .or_insert_with(Instant::now);
+            }
+        }
+    });
+    seen
+}
+
+async fn through_vmo(guest: &Path, count: usize, interval: Duration) -> VmoRun {
     let dir = KeptDir::new("vmo-bench-vm-");
     let data = dir.path().join("data");
-    let up = VmoProcess::start_with_args(
-        Path::new(env!("CARGO_BIN_EXE_vmo")),
-        &data,
-        &["--accel", "tcg"],
-    )
-    .await;
+    let vmo = Path::new(env!("CARGO_BIN_EXE_vmo"));
+    // The agent runs as its own process so its memory is measured apart from the control plane.
+    let up = VmoProcess::start_with_args(vmo, &data, &["--no-agent", "--node-name", "bench"]).await;
+    let agent_dir = dir.path().join("agent");
+    let mut agent = std::process::Command::new(vmo)
+        .args(["agent", "--node-name", "bench", "--accel", "tcg"])
+        .args(["--agent-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&agent_dir)
+        .env("KUBECONFIG", &up.kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn vmo agent");
     let client = up.client();
     let vm_kind = *Registry::builtin().resolve("vm").unwrap();
     let vmi_kind = *Registry::builtin().resolve("vmi").unwrap();
+    let node_kind = *Registry::builtin().resolve("nodes").unwrap();
+    wait_for("the bench node", Duration::from_secs(30), || async {
+        client.get(&node_kind, "", "bench").await.ok()
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = rss_mib(up.pid());
+    let idle_agent = rss_mib(agent.id());
+    let running_since = watch_running(client.clone(), vmi_kind);
+    // The agent's memory once 10 instances run.
+    let sampler = {
+        let (seen, pid, at) = (running_since.clone(), agent.id(), count.min(10));
+        tokio::spawn(async move {
+            while seen.lock().unwrap().len() < at {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            rss_mib(pid)
+        })
+    };
     let mut tasks = Vec::new();
     for n in 0..count {
-        let (client, guest, data) = (client.clone(), guest.to_path_buf(), data.clone());
+        let (client, guest) = (client.clone(), guest.to_path_buf());
+        let (agent_dir, seen) = (agent_dir.clone(), running_since.clone());
         tasks.push(tokio::spawn(async move {
             let name = format!("bench-{n}");
             let accepted = Instant::now();
@@ -110,27 +169,27 @@ async fn through_vmo(
                 .create(&vm_kind, "default", &vm(&name, &guest))
                 .await
                 .expect("create");
-            let vmi = wait_for("instance running", Duration::from_secs(600), || async {
-                client
-                    .get(&vmi_kind, "default", &name)
-                    .await
-                    .ok()
-                    .filter(|i| i.status()["phase"] == "Running")
+            let running_at = wait_for("instance running", Duration::from_secs(600), || async {
+                seen.lock().unwrap().get(&name).copied()
             })
             .await;
-            let running = accepted.elapsed();
+            let uid = client
+                .get(&vmi_kind, "default", &name)
+                .await
+                .expect("instance")
+                .metadata
+                .uid;
             // The agent holds QEMU's serial socket (one client at a time) and logs it to serial.log.
-            let log = data
-                .join("agent/vms")
-                .join(&vmi.metadata.uid)
-                .join("serial.log");
+            let log = agent_dir.join("vms").join(uid).join("serial.log");
             console_log_until(&log, MARKER, Duration::from_secs(900)).await;
-            (running, accepted.elapsed())
+            (running_at - accepted, accepted.elapsed())
         }));
         tokio::time::sleep(interval).await;
     }
     let (running, marker) = sorted_pairs(tasks).await;
-    let loaded_rss = rss_mib(up.pid());
+    let at_ten = sampler.await.unwrap();
+    let loaded_agent = rss_mib(agent.id());
+    let control_plane_rss = rss_mib(up.pid());
     // Stop every VM (grace 0) and wait for their QEMUs to go before anything else is measured.
     for n in 0..count {
         let _ = client
@@ -153,7 +212,14 @@ async fn through_vmo(
         },
     )
     .await;
-    (running, marker, idle_rss, loaded_rss)
+    let _ = agent.kill();
+    let _ = agent.wait();
+    VmoRun {
+        running,
+        marker,
+        agent_rss: (idle_agent, at_ten, loaded_agent),
+        control_plane_rss,
+    }
 }
 
 async fn bare_qemu(
@@ -218,7 +284,8 @@ fn main() {
         let count = env_or("VMO_BENCH_VMS", 10);
         let rate = env_or("VMO_BENCH_RATE", 2).max(1);
         let interval = Duration::from_millis(1000 / rate as u64);
-        let (vr, vm_marker, idle, loaded) = through_vmo(&guest, count, interval).await;
+        let run = through_vmo(&guest, count, interval).await;
+        let (vr, vm_marker) = (&run.running, &run.marker);
         let (br, bare_marker) = bare_qemu(&guest, count, interval).await;
         let libvirt = libvirt::virsh_start(
             &kernel(&guest),
@@ -244,13 +311,14 @@ fn main() {
         println!();
         println!("| measurement | vmo P50 | vmo P99 | bare QEMU P50 | bare QEMU P99 | libvirt P50 | libvirt P99 |");
         println!("|---|---|---|---|---|---|---|");
-        println!("| API accepted (or spawn) -> QEMU running | {} | {} | {} | {} | {} |", secs(percentile(&vr, 0.5)), secs(percentile(&vr, 0.99)), secs(percentile(&br, 0.5)), secs(percentile(&br, 0.99)), lv_running);
-        println!("| API accepted (or spawn) -> guest boot marker | {} | {} | {} | {} | {} |", secs(percentile(&vm_marker, 0.5)), secs(percentile(&vm_marker, 0.99)), secs(percentile(&bare_marker, 0.5)), secs(percentile(&bare_marker, 0.99)), lv_marker);
+        println!("| API accepted (or spawn) -> QEMU running | {} | {} | {} | {} | {} |", secs(percentile(vr, 0.5)), secs(percentile(vr, 0.99)), secs(percentile(&br, 0.5)), secs(percentile(&br, 0.99)), lv_running);
+        println!("| API accepted (or spawn) -> guest boot marker | {} | {} | {} | {} | {} |", secs(percentile(vm_marker, 0.5)), secs(percentile(vm_marker, 0.99)), secs(percentile(&bare_marker, 0.5)), secs(percentile(&bare_marker, 0.99)), lv_marker);
         println!();
         match &libvirt {
             Ok(_) => println!("libvirt: `virsh start` of persistent domains defined beforehand (spawn -> `virsh start` returned with the domain running; spawn -> boot marker)"),
             Err(why) => println!("libvirt: skipped: {why}"),
         }
-        println!("`vmo up` (server, controllers and agent in one process) resident memory: {idle:.1} MiB with 0 VMs, {loaded:.1} MiB with {count} VMs");
+        let (idle, ten, all) = run.agent_rss;
+        println!("`vmo agent` resident memory: {idle:.1} MiB with 0 VMs, {ten:.1} MiB with {} VMs, {all:.1} MiB with {count} VMs; `vmo up` without its agent: {:.1} MiB with {count} VMs", count.min(10), run.control_plane_rss);
     });
 }
