@@ -26,18 +26,23 @@ fn read_trimmed(path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A `Key:   N kB` field of a `/proc` file (`/proc/meminfo`, `/proc/PID/status`), in bytes.
+pub fn proc_kib_field(path: &str, key: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok().and_then(|text| {
+        text.lines()
+            .find(|l| {
+                l.strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with(':'))
+            })
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    })
+}
+
 /// Total memory from `/proc/meminfo`.
 pub fn memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024)
-        .unwrap_or(0)
+    proc_kib_field("/proc/meminfo", "MemTotal").unwrap_or(0)
 }
 
 fn os_image() -> String {

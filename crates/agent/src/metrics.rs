@@ -65,16 +65,7 @@ fn process_usage(pid: u32) -> Option<(f64, u64)> {
 }
 
 fn resident_bytes(pid: impl std::fmt::Display) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
+    crate::host::proc_kib_field(&format!("/proc/{pid}/status"), "VmRSS").unwrap_or(0)
 }
 
 /// The KubeVirt disk name behind a QEMU drive id (`ua-NAME`), as the launch plan names drives.

@@ -72,32 +72,17 @@ impl Pki {
             let _ = fs::remove_file(&pki.proxy_cert);
         }
         if !pki.proxy_cert.exists() || !pki.proxy_key.exists() {
-            let (ca, ca_key) = load_ca(&ca_key_path)?;
-            let key = KeyPair::generate().map_err(PkiError::Generate)?;
-            let mut params =
-                CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Generate)?;
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "vmo-apiserver-proxy");
-            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-            params.not_after = rcgen::date_time_ymd(2035, 1, 1);
-            let cert = params
-                .signed_by(&key, &ca, &ca_key)
-                .map_err(PkiError::Generate)?;
-            write_private(&pki.proxy_key, key.serialize_pem().as_bytes())?;
-            fs::write(&pki.proxy_cert, cert.pem()).map_err(io(&pki.proxy_cert))?;
+            let params = leaf_params(
+                "vmo-apiserver-proxy",
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            )?;
+            issue(&ca_key_path, params, &pki.proxy_cert, &pki.proxy_key)?;
         }
         let wanted = hosts.join("\n");
         let current = fs::read_to_string(&hosts_path).unwrap_or_default();
         let covered = hosts.iter().all(|h| current.lines().any(|l| l == h));
         if !pki.server_cert.exists() || !pki.server_key.exists() || !covered {
-            let (ca, ca_key) = load_ca(&ca_key_path)?;
-            let key = KeyPair::generate().map_err(PkiError::Generate)?;
-            let mut params =
-                CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Generate)?;
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "vmo-server");
+            let mut params = leaf_params("vmo-server", rcgen::ExtendedKeyUsagePurpose::ServerAuth)?;
             params.subject_alt_names = hosts
                 .iter()
                 .map(|h| match h.parse::<IpAddr>() {
@@ -109,13 +94,7 @@ impl Pki {
                     ),
                 })
                 .collect();
-            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-            params.not_after = rcgen::date_time_ymd(2035, 1, 1);
-            let cert = params
-                .signed_by(&key, &ca, &ca_key)
-                .map_err(PkiError::Generate)?;
-            write_private(&pki.server_key, key.serialize_pem().as_bytes())?;
-            fs::write(&pki.server_cert, cert.pem()).map_err(io(&pki.server_cert))?;
+            issue(&ca_key_path, params, &pki.server_cert, &pki.server_key)?;
             fs::write(&hosts_path, wanted).map_err(io(&hosts_path))?;
         }
         Ok(pki)
@@ -154,6 +133,36 @@ fn load_ca(ca_key_path: &Path) -> Result<(rcgen::Certificate, KeyPair), PkiError
         .self_signed(&ca_key)
         .map_err(PkiError::Generate)?;
     Ok((ca, ca_key))
+}
+
+/// A leaf certificate's parameters: its common name and what it may be used for.
+fn leaf_params(
+    common_name: &str,
+    usage: rcgen::ExtendedKeyUsagePurpose,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Generate)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![usage];
+    params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+    Ok(params)
+}
+
+/// Issues a certificate for `params` with a fresh key, signed by the stored CA, and writes both.
+fn issue(
+    ca_key_path: &Path,
+    params: CertificateParams,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), PkiError> {
+    let (ca, ca_key) = load_ca(ca_key_path)?;
+    let key = KeyPair::generate().map_err(PkiError::Generate)?;
+    let cert = params
+        .signed_by(&key, &ca, &ca_key)
+        .map_err(PkiError::Generate)?;
+    write_private(key_path, key.serialize_pem().as_bytes())?;
+    fs::write(cert_path, cert.pem()).map_err(io(cert_path))
 }
 
 /// The CA's parameters; fixed so the issuer can be rebuilt from the stored key.

@@ -450,6 +450,18 @@ async fn consoles_vnc_metrics_and_a_guest_reboot() {
     wait_text("the guest's answer", &second_out, "VMO-SECOND-48").await;
     // A reboot inside the guest keeps the instance and its QEMU; the console stays attached.
     let pid = qemu_pid(&data, &uid);
+    // Guests yield the CPU to the control plane (vmo up runs at niceness 0 here).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let niceness: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(niceness, vmo_agent::vm::process::GUEST_NICENESS);
     keys.write_all(b"reboot -f\n").unwrap();
     let log = run_dir(&data, &uid).join("serial.log");
     wait_for(
