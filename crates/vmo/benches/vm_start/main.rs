@@ -265,12 +265,23 @@ async fn bare_qemu(
             let running = spawned.elapsed();
             console_until(&plan.serial_socket, MARKER, Duration::from_secs(900)).await;
             let marker = spawned.elapsed();
-            process::kill(q.pid);
-            (running, marker)
+            // Booted guests keep running until every marker is in, as vmo's and libvirt's do:
+            // stopping each at its marker would hand its CPU to the guests still booting.
+            (running, marker, q)
         }));
         tokio::time::sleep(interval).await;
     }
-    let (running, marker) = sorted_pairs(tasks).await;
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.unwrap());
+    }
+    for (_, _, q) in &done {
+        process::kill(q.pid);
+    }
+    let mut running: Vec<Duration> = done.iter().map(|d| d.0).collect();
+    let mut marker: Vec<Duration> = done.iter().map(|d| d.1).collect();
+    running.sort();
+    marker.sort();
     (running, marker)
 }
 
