@@ -129,6 +129,9 @@ pub async fn launch(binary: &str, plan: &LaunchPlan) -> Result<QemuProcess, Proc
         let _ = child.wait();
     });
     let deadline = Instant::now() + START_DEADLINE;
+    // Polled often at first (QEMU answers within ~100 ms on an idle host), then less: many QEMUs
+    // starting on a busy host must not lose CPU to the agent's own polling.
+    let mut pause = Duration::from_millis(5);
     loop {
         if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
             return Err(ProcessError::EarlyExit {
@@ -166,7 +169,8 @@ pub async fn launch(binary: &str, plan: &LaunchPlan) -> Result<QemuProcess, Proc
             kill(pid);
             return Err(ProcessError::NoQmp(START_DEADLINE));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
