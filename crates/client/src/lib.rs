@@ -329,6 +329,20 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
         accept: &str,
     ) -> Result<Value, ClientError> {
+        let (status, bytes) = self
+            .send_and_read(method, path_and_query, body, accept)
+            .await?;
+        decode_answer(status, &bytes)
+    }
+
+    /// Sends a request and reads the whole answer.
+    async fn send_and_read(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(&str, Vec<u8>)>,
+        accept: &str,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let response = self.send(method, path_and_query, body, accept).await?;
         let status = response.status();
         let bytes = response
@@ -337,19 +351,14 @@ impl Client {
             .await
             .map_err(ClientError::Http)?
             .to_bytes();
-        decode_answer(status, &bytes)
+        Ok((status, bytes))
     }
 
     /// GET a path as text (`/metrics`); an error status becomes `ClientError::Api`.
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        let response = self.send(Method::GET, path, None, "text/plain").await?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(ClientError::Http)?
-            .to_bytes();
+        let (status, bytes) = self
+            .send_and_read(Method::GET, path, None, "text/plain")
+            .await?;
         if !status.is_success() {
             return decode_answer(status, &bytes).map(|_| String::new());
         }
