@@ -22,8 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-/// The upgrade token of a raw stream.
-pub const STREAM_PROTOCOL: &str = "vmo-stream";
+use vmo_api::kinds::core::AGENT_STREAM_PROTOCOL as STREAM_PROTOCOL;
 
 /// What the endpoint serves from.
 #[derive(Debug)]

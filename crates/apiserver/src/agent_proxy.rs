@@ -16,11 +16,11 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use vmo_api::kinds::core::{AGENT_CERT_ANNOTATION, AGENT_ENDPOINT_ANNOTATION};
+use vmo_api::kinds::core::{
+    AGENT_CERT_ANNOTATION, AGENT_ENDPOINT_ANNOTATION, AGENT_STREAM_PROTOCOL as STREAM_PROTOCOL,
+};
 use vmo_api::{Object, Status};
 
-/// The upgrade token the agent speaks for raw streams.
-const STREAM_PROTOCOL: &str = "vmo-stream";
 /// How long reaching an agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -425,6 +425,9 @@ pub const AGENT_ENDPOINT_ANNOTATION: &str = "vmo.io/agent-endpoint";
 /// The Node annotation with the SHA-256 fingerprint of the agent endpoint's certificate, which the
 /// server pins.
 pub const AGENT_CERT_ANNOTATION: &str = "vmo.io/agent-cert-sha256";
+/// The HTTP upgrade token of the agent endpoint's raw byte streams (console, VNC), which the server
+/// asks for and the agent answers.
+pub const AGENT_STREAM_PROTOCOL: &str = "vmo-stream";
 
 fn label_cell(o: &Object, key: &str) -> Value {
     Value::String(o.metadata.labels.get(key).cloned().unwrap_or_default())
