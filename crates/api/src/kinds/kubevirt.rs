@@ -197,7 +197,7 @@ pub struct VmiSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub affinity: Option<Value>,
+    pub affinity: Option<super::affinity::Affinity>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -807,13 +807,10 @@ pub fn validate_vmi_spec(spec: &VmiSpec, path: &str) -> Vec<FieldError> {
         }
     }
     if let Some(affinity) = &spec.affinity {
-        if !affinity.is_object() {
-            errors.push(FieldError::invalid(
-                format!("{path}.affinity"),
-                affinity.to_string(),
-                "must be an object",
-            ));
-        }
+        errors.extend(super::affinity::validate(
+            affinity,
+            &format!("{path}.affinity"),
+        ));
     }
     if let Some(hostname) = &spec.hostname {
         errors.extend(validation::dns1123_label(

@@ -1,6 +1,7 @@
 //! The kind registry: every resource the API serves is one `KindInfo` entry here, carrying its names,
 //! scope, printer columns, selectable fields and validation. Adding a kind is one entry plus its module.
 
+pub mod affinity;
 pub mod coordination;
 pub mod core;
 pub mod kubevirt;
