@@ -425,6 +425,9 @@ pub const AGENT_ENDPOINT_ANNOTATION: &str = "vmo.io/agent-endpoint";
 /// The Node annotation with the SHA-256 fingerprint of the agent endpoint's certificate, which the
 /// server pins.
 pub const AGENT_CERT_ANNOTATION: &str = "vmo.io/agent-cert-sha256";
+/// The Node annotation naming the node's shared storage pool: a directory every node that has it
+/// mounts at the same path (NFS or a SAN filesystem), so disks inside it migrate without copying.
+pub const SHARED_POOL_ANNOTATION: &str = "vmo.io/shared-pool";
 /// The HTTP upgrade token of the agent endpoint's raw byte streams (console, VNC), which the server
 /// asks for and the agent answers.
 pub const AGENT_STREAM_PROTOCOL: &str = "vmo-stream";

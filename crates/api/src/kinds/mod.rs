@@ -5,6 +5,8 @@ pub mod affinity;
 pub mod coordination;
 pub mod core;
 pub mod kubevirt;
+pub mod migration;
+pub mod settings;
 
 use crate::object::Object;
 use crate::status::FieldError;
@@ -131,6 +133,8 @@ impl Registry {
         kinds.extend(core::kinds());
         kinds.extend(coordination::kinds());
         kinds.extend(kubevirt::kinds());
+        kinds.extend(migration::kinds());
+        kinds.extend(settings::kinds());
         Self { kinds }
     }
 
