@@ -1,13 +1,13 @@
 //! Controllers that run inside the server process and act only through the API, like any client:
-//! the garbage collector (ownerReference cascades), the namespace controller and the node lifecycle
-//! controller. Later capabilities
-//! (VMs, scheduling, storage, networks) add their reconcilers here.
+//! the garbage collector (ownerReference cascades), the namespace controller, the node lifecycle
+//! controller, the VirtualMachine controller and the VM scheduler. Later capabilities
+//! (storage, networks) add their reconcilers here.
 
-pub mod binder;
 pub mod garbage_collector;
 pub use vmo_client::informer;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod scheduler;
 pub mod vm;
 
 use std::sync::Arc;
@@ -20,15 +20,12 @@ use vmo_client::Client;
 pub struct ControllerSettings {
     /// How long after its last heartbeat a node is declared unreachable.
     pub node_grace_period: Duration,
-    /// Until the scheduler exists: the node every instance is bound to.
-    pub bind_to_node: Option<String>,
 }
 
 impl Default for ControllerSettings {
     fn default() -> Self {
         Self {
             node_grace_period: Duration::from_secs(40),
-            bind_to_node: None,
         }
     }
 }
@@ -36,7 +33,7 @@ impl Default for ControllerSettings {
 /// Starts every controller; they run until the runtime shuts down.
 pub fn start_all(client: Client, settings: ControllerSettings) -> Vec<tokio::task::JoinHandle<()>> {
     let registry = Arc::new(Registry::builtin());
-    let mut tasks = vec![
+    vec![
         tokio::spawn(garbage_collector::run(client.clone(), registry.clone())),
         tokio::spawn(namespace::run(client.clone(), registry.clone())),
         tokio::spawn(vm::run(client.clone(), registry.clone())),
@@ -45,9 +42,6 @@ pub fn start_all(client: Client, settings: ControllerSettings) -> Vec<tokio::tas
             registry.clone(),
             settings.node_grace_period,
         )),
-    ];
-    if let Some(node) = settings.bind_to_node {
-        tasks.push(tokio::spawn(binder::run(client, registry, node)));
-    }
-    tasks
+        tokio::spawn(scheduler::run(client, registry)),
+    ]
 }

@@ -25,8 +25,9 @@ pub struct UpArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub node: crate::agent::NodeArgs,
-    /// Run without the local node agent (a control plane only; with --node-name, instances are
-    /// bound to that node until the scheduler exists).
+    /// Run without the local node agent: a control plane only, whose scheduler places instances on
+    /// the nodes that `vmo agent` or `vmo sim-agent` register (--node-name and the other node flags
+    /// then describe no node and are ignored).
     #[arg(long)]
     pub no_agent: bool,
     /// How long after its last heartbeat a node is declared unreachable.
@@ -107,12 +108,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         client.clone(),
         vmo_controllers::ControllerSettings {
             node_grace_period: args.node_grace_period,
-            // Until the scheduler lands, instances run on this process's own node, or with
-            // --no-agent on the node --node-name names (an agent running as its own process).
-            bind_to_node: agent_config
-                .as_ref()
-                .map(|c| c.node_name.clone())
-                .or_else(|| args.node.node_name.clone()),
         },
     );
     if let Some(config) = agent_config {
