@@ -9,6 +9,7 @@ pub mod console;
 pub mod endpoint;
 pub mod host;
 pub mod metrics;
+mod migration;
 mod node;
 pub mod qmp;
 pub mod runner;
@@ -43,6 +44,8 @@ pub struct AgentConfig {
     pub accel: AccelChoice,
     /// Where the agent endpoint listens (port 0: any free port; the Node says which).
     pub listen: SocketAddr,
+    /// The shared storage pool this node mounts (the same path on every node that has it), if any.
+    pub shared_pool: Option<PathBuf>,
 }
 
 /// The accelerator setting: `auto` boot-probes KVM and falls back to TCG.
@@ -67,6 +70,7 @@ impl AgentConfig {
             qemu_binary: "qemu-system-x86_64".into(),
             accel: AccelChoice::Auto,
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            shared_pool: None,
         }
     }
 }
@@ -175,7 +179,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
     let reporter = node::Reporter::new(client.clone(), config.clone(), facts, accel, advertised);
     tokio::join!(
         reporter.run(),
-        runner::run(client, config, accel, vms),
+        runner::run(client, config, accel, vms, host),
         endpoint.serve(listener, server_tls),
     );
     Ok(())

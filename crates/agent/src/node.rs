@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use vmo_api::kinds::coordination::NODE_LEASE_NAMESPACE;
 use vmo_api::kinds::core::{
-    AGENT_CERT_ANNOTATION, AGENT_ENDPOINT_ANNOTATION, MACHINE_POOL_LABEL, ZONE_LABEL,
+    AGENT_CERT_ANNOTATION, AGENT_ENDPOINT_ANNOTATION, MACHINE_POOL_LABEL, SHARED_POOL_ANNOTATION,
+    ZONE_LABEL,
 };
 use vmo_api::meta::{now_rfc3339, now_rfc3339_micros};
 use vmo_api::{KindInfo, Object, Registry};
@@ -54,9 +55,15 @@ impl Reporter {
     }
 
     fn annotations(&self) -> Value {
+        let pool = self
+            .config
+            .shared_pool
+            .as_ref()
+            .map(|p| p.display().to_string());
         json!({
             AGENT_ENDPOINT_ANNOTATION: self.endpoint.url,
             AGENT_CERT_ANNOTATION: self.endpoint.fingerprint,
+            SHARED_POOL_ANNOTATION: pool,
         })
     }
 

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use vmo_api::kinds::kubevirt::VmiSpec;
+use vmo_api::kinds::migration::MigrationState;
 use vmo_api::{KindInfo, Object, Registry};
 use vmo_client::events::{EventType, Recorder};
 use vmo_client::{informer, Client, ClientError};
@@ -35,7 +36,7 @@ pub const AGENT_FINALIZER: &str = "vmo.io/agent";
 /// KubeVirt's default grace period for a guest to shut down.
 const DEFAULT_GRACE: Duration = Duration::from_secs(180);
 
-enum Command {
+pub(crate) enum Command {
     Stop {
         grace: Duration,
     },
@@ -43,6 +44,8 @@ enum Command {
     Pause(bool),
     /// QEMU's `query-blockstats`, for metrics.
     BlockStats(oneshot::Sender<Value>),
+    /// The instance's migration state as last seen; repeated, idempotent.
+    Migration(Box<MigrationState>),
 }
 
 /// A running instance as the endpoint and the metrics see it.
@@ -62,6 +65,7 @@ impl std::fmt::Debug for Command {
             Command::Stop { .. } => "Stop",
             Command::Pause(_) => "Pause",
             Command::BlockStats(_) => "BlockStats",
+            Command::Migration(_) => "Migration",
         })
     }
 }
@@ -88,18 +92,29 @@ fn wants_paused(vmi: &Object) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-struct Runner {
-    client: Client,
-    events: Recorder,
-    config: AgentConfig,
+pub(crate) struct Runner {
+    pub(crate) client: Client,
+    pub(crate) events: Recorder,
+    pub(crate) config: AgentConfig,
     accel: Accel,
-    vmi_kind: KindInfo,
+    pub(crate) vmi_kind: KindInfo,
     secret_kind: KindInfo,
     vms: Vms,
+    /// The address other nodes' QEMUs reach this node's on, for incoming migrations.
+    pub(crate) migration_host: String,
 }
 
+/// An owner task's command channel and the task.
+type Owner = (mpsc::UnboundedSender<Command>, tokio::task::JoinHandle<()>);
+
 /// Runs every instance bound to this node until the task is dropped.
-pub async fn run(client: Client, config: AgentConfig, accel: Accel, vms: Vms) {
+pub async fn run(
+    client: Client,
+    config: AgentConfig,
+    accel: Accel,
+    vms: Vms,
+    migration_host: String,
+) {
     let registry = Registry::builtin();
     let runner = Arc::new(Runner {
         client: client.clone(),
@@ -109,6 +124,7 @@ pub async fn run(client: Client, config: AgentConfig, accel: Accel, vms: Vms) {
         config,
         accel,
         vms,
+        migration_host,
     });
     let changed = Arc::new(Notify::new());
     let vmis = informer::start(
@@ -117,8 +133,8 @@ pub async fn run(client: Client, config: AgentConfig, accel: Accel, vms: Vms) {
         changed.clone(),
         informer::every_change,
     );
-    let mut owners: HashMap<String, (mpsc::UnboundedSender<Command>, tokio::task::JoinHandle<()>)> =
-        HashMap::new();
+    let mut owners: HashMap<String, Owner> = HashMap::new();
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = changed.notified() => {}
@@ -128,10 +144,30 @@ pub async fn run(client: Client, config: AgentConfig, accel: Accel, vms: Vms) {
             continue;
         }
         owners.retain(|_, (_, task)| !task.is_finished());
-        let mine = vmis
-            .select(|v| v.status()["nodeName"].as_str() == Some(runner.config.node_name.as_str()));
-        for vmi in mine {
+        let me = runner.config.node_name.as_str();
+        for vmi in vmis.list() {
             let uid = vmi.metadata.uid.clone();
+            let state = MigrationState::of(&vmi);
+            if let (Some((commands, _)), Some(s)) = (owners.get(&uid), &state) {
+                let _ = commands.send(Command::Migration(Box::new(s.clone())));
+            }
+            if vmi.status()["nodeName"].as_str() != Some(me) {
+                let incoming = state
+                    .as_ref()
+                    .is_some_and(|s| s.active() && s.target_node == me);
+                if incoming
+                    && vmi.metadata.deletion_timestamp.is_none()
+                    && !owners.contains_key(&uid)
+                {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let runner = runner.clone();
+                    let commands = tx.clone();
+                    let task =
+                        tokio::spawn(async move { runner.own_incoming(vmi, commands, rx).await });
+                    owners.insert(uid, (tx, task));
+                }
+                continue;
+            }
             let deleting = vmi.metadata.deletion_timestamp.is_some();
             let has_finalizer = vmi.metadata.finalizers.iter().any(|f| f == AGENT_FINALIZER);
             match owners.get(&uid) {
@@ -166,8 +202,15 @@ pub async fn run(client: Client, config: AgentConfig, accel: Accel, vms: Vms) {
                 }
             }
         }
+        if last_sweep.elapsed() > SWEEP_INTERVAL {
+            last_sweep = tokio::time::Instant::now();
+            runner.sweep(&vmis.list(), &owners).await;
+        }
     }
 }
+
+/// How often run directories nobody owns are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 fn grace(vmi: &Object) -> Duration {
     vmi.spec()["terminationGracePeriodSeconds"]
@@ -190,7 +233,7 @@ pub fn mac_for(uid: &str, index: usize) -> String {
 }
 
 impl Runner {
-    fn run_dir(&self, vmi: &Object) -> PathBuf {
+    pub(crate) fn run_dir(&self, vmi: &Object) -> PathBuf {
         self.config.data_dir.join("vms").join(&vmi.metadata.uid)
     }
 
@@ -299,7 +342,12 @@ impl Runner {
         Ok(secrets)
     }
 
-    async fn plan(&self, vmi: &Object, run_dir: &Path) -> Result<LaunchPlan, PlanError> {
+    pub(crate) async fn plan(
+        &self,
+        vmi: &Object,
+        run_dir: &Path,
+        incoming: bool,
+    ) -> Result<LaunchPlan, PlanError> {
         let spec: VmiSpec =
             vmo_api::kinds::kubevirt::decode_at(vmi.spec(), "spec").map_err(|e| PlanError {
                 field: e.path,
@@ -396,15 +444,16 @@ impl Runner {
             serial_socket,
             vnc_socket,
             pidfile,
+            incoming,
         })
     }
 
-    /// The owner task of one instance.
+    /// The owner task of one instance bound to this node.
     async fn own(
         self: Arc<Self>,
         vmi: Object,
         sender: mpsc::UnboundedSender<Command>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        commands: mpsc::UnboundedReceiver<Command>,
     ) {
         let name = vmi.display_name();
         let vmi = match self.add_finalizer(&vmi).await {
@@ -414,8 +463,18 @@ impl Runner {
                 return;
             }
         };
+        if let Some(qemu) = self.acquire(&vmi).await {
+            self.supervise(vmi, qemu, sender, commands).await;
+        }
+    }
+
+    /// The instance's QEMU: adopted if one runs, else launched; None when there is nothing to run
+    /// (reported, or to be retried on the next pass).
+    async fn acquire(&self, vmi: &Object) -> Option<QemuProcess> {
+        let name = vmi.display_name();
+        let vmi = vmi.clone();
         let run_dir = self.run_dir(&vmi);
-        let mut qemu: QemuProcess = match process::adopt(&run_dir, &vmi.metadata.uid).await {
+        let qemu: QemuProcess = match process::adopt(&run_dir, &vmi.metadata.uid).await {
             Ok(q) => {
                 tracing::info!(vmi = %name, pid = q.pid, "adopted a running QEMU");
                 let message = format!(
@@ -431,39 +490,41 @@ impl Runner {
                 if vmi.metadata.deletion_timestamp.is_some() =>
             {
                 self.finish_deletion(&vmi).await;
-                return;
+                return None;
             }
             Err(e @ process::ProcessError::Qmp(_)) => {
                 // QEMU may be alive but slow to answer: never start a second one; retry soon.
                 tracing::warn!(vmi = %name, error = %e, "cannot reach this instance's QEMU yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                return;
+                return None;
             }
             Err(_) if vmi.status()["phase"] == "Running" => {
-                // 7: the instance may have ended meanwhile (the cache lags): never overwrite that.
+                // The instance may have ended or moved meanwhile (the cache lags): never
+                // overwrite that.
                 let fresh = self
                     .client
                     .get(&self.vmi_kind, &vmi.metadata.namespace, &vmi.metadata.name)
                     .await;
                 if fresh.is_ok_and(|f| {
                     matches!(f.status()["phase"].as_str(), Some("Succeeded" | "Failed"))
+                        || f.status()["nodeName"].as_str() != Some(&self.config.node_name)
                 }) {
-                    return;
+                    return None;
                 }
                 self.fail(&vmi, "QemuGone", "QEMU is no longer running on this node")
                     .await;
-                return;
+                return None;
             }
             Err(_) => {
                 if let Err(e) = std::fs::create_dir_all(&run_dir) {
                     self.fail(&vmi, "RunDirectory", &e.to_string()).await;
-                    return;
+                    return None;
                 }
-                let plan = match self.plan(&vmi, &run_dir).await {
+                let plan = match self.plan(&vmi, &run_dir, false).await {
                     Ok(p) => p,
                     Err(e) => {
                         self.fail(&vmi, "InvalidSpec", &e.to_string()).await;
-                        return;
+                        return None;
                     }
                 };
                 match process::launch(&self.config.qemu_binary, &plan).await {
@@ -479,11 +540,25 @@ impl Runner {
                     }
                     Err(e) => {
                         self.fail(&vmi, "LaunchFailed", &e.to_string()).await;
-                        return;
+                        return None;
                     }
                 }
             }
         };
+        Some(qemu)
+    }
+
+    /// Runs the instance's QEMU until it ends: reports it Running, applies pause and stop
+    /// requests, sends it away when a migration asks, and reports how it ended.
+    pub(crate) async fn supervise(
+        &self,
+        vmi: Object,
+        mut qemu: QemuProcess,
+        sender: mpsc::UnboundedSender<Command>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let name = vmi.display_name();
+        let run_dir = self.run_dir(&vmi);
         let (serial, relay) = SerialHub::start(
             run_dir.join("serial.sock"),
             crate::console::log_path(&run_dir),
@@ -533,6 +608,11 @@ impl Runner {
         // ignores the first press.
         let mut press_again = tokio::time::interval(Duration::from_secs(5));
         press_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // An outgoing live migration, polled until QEMU says how it ended.
+        let mut outgoing: Option<crate::migration::Outgoing> = None;
+        let mut migrated_away = false;
+        let mut poll = tokio::time::interval(crate::migration::POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wait = async {
                 match stop_deadline {
@@ -568,6 +648,9 @@ impl Runner {
                             }
                         }
                     }
+                    Some(Command::Migration(state)) if stop_deadline.is_none() && !migrated_away => {
+                        self.on_migration(&vmi, &qemu, &mut outgoing, *state).await;
+                    }
                     Some(Command::BlockStats(reply)) => {
                         let stats = qemu.qmp.execute("query-blockstats", None).await.unwrap_or(Value::Null);
                         let _ = reply.send(stats);
@@ -581,6 +664,9 @@ impl Runner {
                     }
                     Some(Command::Stop { grace }) => {
                         tracing::info!(vmi = %name, ?grace, "stopping: ACPI power-down");
+                        if outgoing.is_some() {
+                            let _ = qemu.qmp.execute("migrate_cancel", None).await;
+                        }
                         if matches!(qemu.qmp.status().await.as_deref(), Ok("paused")) {
                             let _ = qemu.qmp.execute("cont", None).await;
                         }
@@ -592,6 +678,9 @@ impl Runner {
                     }
                     _ => {}
                 },
+                _ = poll.tick(), if outgoing.is_some() => {
+                    migrated_away = self.poll_outgoing(&vmi, &qemu, &mut outgoing).await;
+                }
                 _ = press_again.tick(), if stop_deadline.is_some() => {
                     let _ = qemu.qmp.execute("system_powerdown", None).await;
                 }
@@ -603,6 +692,12 @@ impl Runner {
                     stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
                 }
             }
+        }
+        if migrated_away {
+            // The guest runs on the target now, which holds the instance (and its finalizer).
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(run_dir)).await;
+            tracing::info!(vmi = %name, "instance migrated away");
+            return;
         }
         let stopping = stop_deadline.is_some();
         if stopping {

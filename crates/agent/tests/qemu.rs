@@ -56,6 +56,7 @@ fn plan_for(spec: &VmiSpec, run_dir: &Path, name: &str, uuid: &str) -> LaunchPla
         serial_socket,
         vnc_socket,
         pidfile,
+        incoming: false,
     }
 }
 

@@ -29,6 +29,10 @@ pub struct NodeArgs {
     /// 0.0.0.0:10250; `vmo up`: 127.0.0.1 on a free port). Port 0 picks a free port.
     #[arg(long)]
     pub agent_listen: Option<std::net::SocketAddr>,
+    /// A directory this node shares with others at the same path (NFS, a SAN filesystem): disks
+    /// inside it live-migrate without copying.
+    #[arg(long)]
+    pub shared_pool: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -43,6 +47,7 @@ impl NodeArgs {
         config.pool = self.pool.clone();
         config.heartbeat_interval = self.heartbeat_interval;
         config.listen = self.agent_listen.unwrap_or(default_listen);
+        config.shared_pool = self.shared_pool.clone();
         config.lease_duration = (self.heartbeat_interval * 4).max(Duration::from_secs(1));
         config.accel = match self.accel.as_str() {
             "kvm" => vmo_agent::AccelChoice::Kvm,

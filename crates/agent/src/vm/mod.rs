@@ -1,5 +1,6 @@
 //! Running VMs: launch plans, disk preparation, and QEMU processes.
 
 pub mod disks;
+pub mod migrate;
 pub mod plan;
 pub mod process;

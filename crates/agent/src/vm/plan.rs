@@ -66,6 +66,8 @@ pub struct LaunchPlan {
     pub serial_socket: PathBuf,
     pub vnc_socket: PathBuf,
     pub pidfile: PathBuf,
+    /// Start paused, waiting for a live migration (`-incoming defer`).
+    pub incoming: bool,
 }
 
 /// A spec that cannot be turned into a plan, naming the field.
@@ -215,6 +217,9 @@ impl LaunchPlan {
         push(&["-vnc", &format!("unix:{}", path_str(&self.vnc_socket))]);
         push(&["-device", "VGA"]);
         push(&["-pidfile", &self.pidfile.display().to_string()]);
+        if self.incoming {
+            push(&["-incoming", "defer"]);
+        }
         if self.disks.iter().any(|d| d.bus == Bus::Scsi) {
             push(&["-device", "virtio-scsi-pci,id=scsi0"]);
         }
@@ -313,6 +318,7 @@ mod tests {
             serial_socket: "/run/vm/serial.sock".into(),
             vnc_socket: "/run/vm/vnc.sock".into(),
             pidfile: "/run/vm/qemu.pid".into(),
+            incoming: false,
         }
     }
 

@@ -253,6 +253,7 @@ async fn bare_qemu(
             serial_socket,
             vnc_socket,
             pidfile,
+            incoming: false,
         };
         tasks.push(tokio::spawn(async move {
             let spawned = Instant::now();

@@ -1,0 +1,403 @@
+//! The agent's side of live migration, on both ends, driven by the instance's
+//! `status.migrationState` (see `vmo_api::kinds::migration` for who writes what).
+//!
+//! Target: an owner task starts QEMU with `-incoming defer` from the same spec (so the device model
+//! is identical), listens on a port the kernel picks, and reports address and port. When the guest
+//! resumes here, the task becomes the instance's ordinary owner. If the migration fails or is
+//! abandoned, it kills its QEMU and removes its run directory, so nothing is left behind.
+//!
+//! Source: the instance's owner task starts sending once the target is ready, polls QEMU, enforces
+//! the cluster's timeouts, and on success hands the instance over (`status.nodeName`) and quits its
+//! QEMU; on failure QEMU keeps the guest running here and the failure is reported.
+
+use crate::runner::{Command, Runner};
+use crate::vm::migrate::{self, Progress, Verdict, Watchdog};
+use crate::vm::process::{self, QemuProcess};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use vmo_api::kinds::kubevirt::VmiSpec;
+use vmo_api::kinds::migration::MigrationState;
+use vmo_api::meta::now_rfc3339;
+use vmo_api::Object;
+use vmo_client::events::EventType;
+
+/// How often an outgoing migration's progress is read.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// An outgoing migration in progress.
+#[derive(Debug)]
+pub struct Outgoing {
+    uid: String,
+    target: String,
+    watchdog: Watchdog,
+    /// Why vmo cancelled it (a timeout or a deleted migration), reported instead of QEMU's
+    /// "cancelled".
+    cancel_reason: Option<String>,
+    aborted_on_request: bool,
+}
+
+impl Runner {
+    /// Merges `fields` into the instance's `status.migrationState` (and `extra` into `status`).
+    async fn report_migration(&self, vmi: &Object, fields: Value, extra: Value) {
+        let mut status = json!({ "migrationState": fields });
+        if let (Some(s), Value::Object(extra)) = (status.as_object_mut(), extra) {
+            s.extend(extra);
+        }
+        let patch = json!({ "status": status });
+        if let Err(e) = self
+            .client
+            .merge_patch(
+                &self.vmi_kind,
+                &vmi.metadata.namespace,
+                &vmi.metadata.name,
+                Some("status"),
+                &patch,
+                "vmo-agent",
+            )
+            .await
+        {
+            tracing::warn!(vmi = %vmi.display_name(), error = %e, "could not report the migration");
+        }
+    }
+
+    /// Source side: acts on the latest migration state of an instance this task runs.
+    pub(crate) async fn on_migration(
+        &self,
+        vmi: &Object,
+        qemu: &QemuProcess,
+        outgoing: &mut Option<Outgoing>,
+        state: MigrationState,
+    ) {
+        let me = &self.config.node_name;
+        if state.source_node != *me || !state.active() {
+            return;
+        }
+        if let Some(out) = outgoing.as_mut() {
+            if out.uid == state.migration_uid
+                && state.abort_requested
+                && out.cancel_reason.is_none()
+            {
+                out.cancel_reason = Some("cancelled: the migration object was deleted".into());
+                out.aborted_on_request = true;
+                let _ = qemu.qmp.execute("migrate_cancel", None).await;
+            }
+            return;
+        }
+        let config = state.migration_configuration.clone().unwrap_or_default();
+        let memory = serde_json::from_value::<VmiSpec>(vmi.spec().clone())
+            .ok()
+            .and_then(|s| s.guest_memory_bytes().ok())
+            .unwrap_or(1 << 30);
+        let mut out = Outgoing {
+            uid: state.migration_uid.clone(),
+            target: state.target_node.clone(),
+            watchdog: Watchdog::new(&config, memory, Instant::now()),
+            cancel_reason: None,
+            aborted_on_request: false,
+        };
+        if state.start_timestamp.is_some() {
+            // Started before this agent restarted: QEMU carried on; watch it again.
+            *outgoing = Some(out);
+            return;
+        }
+        if state.abort_requested {
+            self.report_migration(
+                vmi,
+                json!({"failed": true, "endTimestamp": now_rfc3339(), "abortStatus": "Succeeded",
+                       "failureReason": "cancelled before it started: the migration object was deleted"}),
+                json!({}),
+            )
+            .await;
+            return;
+        }
+        let (Some(host), Some(port)) = (state.target_node_address.as_deref(), state.target_port(0))
+        else {
+            return; // the target is not listening yet
+        };
+        match migrate::start(&qemu.qmp, host, port, &config).await {
+            Ok(()) => {
+                self.report_migration(vmi, json!({"startTimestamp": now_rfc3339()}), json!({}))
+                    .await;
+                let message = format!("Live migration to {} started", state.target_node);
+                self.events
+                    .record(vmi, EventType::Normal, "Migrating", &message)
+                    .await;
+                *outgoing = Some(out);
+            }
+            Err(e) => {
+                out.cancel_reason = Some(e.to_string());
+                let why = format!("could not start the migration: {e}");
+                self.report_migration(
+                    vmi,
+                    json!({"failed": true, "failureReason": why, "endTimestamp": now_rfc3339()}),
+                    json!({}),
+                )
+                .await;
+                self.events
+                    .record(vmi, EventType::Warning, "MigrationFailed", &why)
+                    .await;
+            }
+        }
+    }
+
+    /// Source side: reads the migration's progress; true once the guest runs on the target.
+    pub(crate) async fn poll_outgoing(
+        &self,
+        vmi: &Object,
+        qemu: &QemuProcess,
+        outgoing: &mut Option<Outgoing>,
+    ) -> bool {
+        let Some(out) = outgoing.as_mut() else {
+            return false;
+        };
+        let progress = match migrate::progress(&qemu.qmp).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(vmi = %vmi.display_name(), error = %e, "query-migrate failed");
+                return false;
+            }
+        };
+        match progress {
+            Progress::Active { remaining } => {
+                match out.watchdog.check(remaining, Instant::now()) {
+                    Verdict::Continue => {}
+                    Verdict::StartPostCopy => {
+                        tracing::info!(vmi = %vmi.display_name(), "switching the migration to post-copy");
+                        let _ = qemu.qmp.execute("migrate-start-postcopy", None).await;
+                        self.report_migration(vmi, json!({"mode": "PostCopy"}), json!({}))
+                            .await;
+                    }
+                    Verdict::Abort(why) if out.cancel_reason.is_none() => {
+                        out.cancel_reason = Some(why);
+                        let _ = qemu.qmp.execute("migrate_cancel", None).await;
+                    }
+                    Verdict::Abort(_) => {}
+                }
+                false
+            }
+            Progress::Completed {
+                downtime_ms,
+                transferred,
+            } => {
+                let target = out.target.clone();
+                self.report_migration(
+                    vmi,
+                    json!({"completed": true, "endTimestamp": now_rfc3339(),
+                           "downtimeMilliseconds": downtime_ms, "transferredBytes": transferred}),
+                    json!({"nodeName": target}),
+                )
+                .await;
+                let message = format!(
+                    "Live migration to {target} completed (downtime {downtime_ms} ms, {} MiB sent)",
+                    transferred >> 20
+                );
+                self.events
+                    .record(vmi, EventType::Normal, "Migrated", &message)
+                    .await;
+                *outgoing = None;
+                // The source QEMU holds a stopped copy; it goes now.
+                if qemu.qmp.execute("quit", None).await.is_err() {
+                    let pid = qemu.pid;
+                    let _ = tokio::task::spawn_blocking(move || process::kill(pid)).await;
+                }
+                true
+            }
+            Progress::Failed(qemu_reason) => {
+                let why = out.cancel_reason.clone().unwrap_or(qemu_reason);
+                let mut fields =
+                    json!({"failed": true, "failureReason": why, "endTimestamp": now_rfc3339()});
+                if out.aborted_on_request {
+                    fields["abortStatus"] = json!("Succeeded");
+                }
+                self.report_migration(vmi, fields, json!({})).await;
+                let message = format!(
+                    "Live migration to {} failed: {why}; the guest keeps running here",
+                    out.target
+                );
+                self.events
+                    .record(vmi, EventType::Warning, "MigrationFailed", &message)
+                    .await;
+                *outgoing = None;
+                false
+            }
+        }
+    }
+
+    /// Target side: the owner task of an instance migrating to this node.
+    pub(crate) async fn own_incoming(
+        self: Arc<Self>,
+        vmi: Object,
+        sender: mpsc::UnboundedSender<Command>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let name = vmi.display_name();
+        let Some(state) = MigrationState::of(&vmi) else {
+            return;
+        };
+        let run_dir = self.run_dir(&vmi);
+        let mut qemu = match process::adopt(&run_dir, &vmi.metadata.uid).await {
+            Ok(q) => {
+                let status = q.qmp.status().await.unwrap_or_default();
+                if status == "inmigrate" && state.target_node_address.is_none() {
+                    // Launched but never announced (the agent stopped in between): start over.
+                    process::kill(q.pid);
+                    drop(q);
+                    match self.listen_for(&vmi, &state, &run_dir).await {
+                        Some(q) => q,
+                        None => return,
+                    }
+                } else {
+                    tracing::info!(vmi = %name, pid = q.pid, status, "adopted an incoming QEMU");
+                    q
+                }
+            }
+            Err(process::ProcessError::Qmp(e)) => {
+                tracing::warn!(vmi = %name, error = %e, "cannot reach the incoming QEMU yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
+            }
+            Err(_) => match self.listen_for(&vmi, &state, &run_dir).await {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        let arrived = matches!(qemu.qmp.status().await.as_deref(), Ok("running"));
+        if !arrived {
+            loop {
+                tokio::select! {
+                    event = qemu.events.recv() => match event {
+                        Some(e) if e.name == "RESUME" => break,
+                        Some(_) => {}
+                        None => {
+                            // The incoming QEMU gave up (the stream broke); the source reports why.
+                            tracing::info!(vmi = %name, "incoming migration ended without the guest");
+                            self.discard(&run_dir).await;
+                            return;
+                        }
+                    },
+                    command = commands.recv() => match command {
+                        Some(Command::Migration(s)) if s.migration_uid != state.migration_uid || s.failed => {
+                            tracing::info!(vmi = %name, "migration failed or superseded: discarding the target");
+                            process::kill(qemu.pid);
+                            self.discard(&run_dir).await;
+                            return;
+                        }
+                        Some(Command::Stop { .. }) | None => {
+                            process::kill(qemu.pid);
+                            self.discard(&run_dir).await;
+                            return;
+                        }
+                        Some(_) => {}
+                    },
+                }
+            }
+        }
+        tracing::info!(vmi = %name, pid = qemu.pid, "the migrated guest runs here now");
+        self.supervise(vmi, qemu, sender, commands).await;
+    }
+
+    /// Target side: launches the incoming QEMU and announces where it listens.
+    async fn listen_for(
+        &self,
+        vmi: &Object,
+        state: &MigrationState,
+        run_dir: &Path,
+    ) -> Option<QemuProcess> {
+        let name = vmi.display_name();
+        let failed = |why: String| async move {
+            self.report_migration(
+                vmi,
+                json!({"failed": true, "failureReason": why, "endTimestamp": now_rfc3339()}),
+                json!({}),
+            )
+            .await;
+            self.events
+                .record(vmi, EventType::Warning, "MigrationFailed", &why)
+                .await;
+        };
+        if let Err(e) = std::fs::create_dir_all(run_dir) {
+            failed(format!(
+                "target {}: run directory: {e}",
+                self.config.node_name
+            ))
+            .await;
+            return None;
+        }
+        let plan = match self.plan(vmi, run_dir, true).await {
+            Ok(p) => p,
+            Err(e) => {
+                failed(format!("target {}: {e}", self.config.node_name)).await;
+                self.discard(run_dir).await;
+                return None;
+            }
+        };
+        let qemu = match process::launch(&self.config.qemu_binary, &plan).await {
+            Ok(q) => q,
+            Err(e) => {
+                failed(format!("target {}: {e}", self.config.node_name)).await;
+                self.discard(run_dir).await;
+                return None;
+            }
+        };
+        let config = state.migration_configuration.clone().unwrap_or_default();
+        match migrate::listen(&qemu.qmp, &self.migration_host, &config).await {
+            Ok(port) => {
+                tracing::info!(vmi = %name, port, "waiting for the incoming migration");
+                self.report_migration(
+                    vmi,
+                    json!({"targetNodeAddress": self.migration_host,
+                           "targetDirectMigrationNodePorts": {port.to_string(): 0}}),
+                    json!({}),
+                )
+                .await;
+                Some(qemu)
+            }
+            Err(e) => {
+                process::kill(qemu.pid);
+                failed(format!("target {}: {e}", self.config.node_name)).await;
+                self.discard(run_dir).await;
+                None
+            }
+        }
+    }
+
+    async fn discard(&self, run_dir: &Path) {
+        let run_dir = run_dir.to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(run_dir)).await;
+    }
+
+    /// Removes run directories that no instance here needs any more (a target abandoned while
+    /// this agent was down, say), killing a QEMU still running in one.
+    pub(crate) async fn sweep<T>(&self, vmis: &[Object], owners: &HashMap<String, T>) {
+        let me = &self.config.node_name;
+        let needed: HashSet<&str> = vmis
+            .iter()
+            .filter(|v| {
+                v.status()["nodeName"].as_str() == Some(me)
+                    || MigrationState::of(v).is_some_and(|s| s.active() && s.target_node == *me)
+            })
+            .map(|v| v.metadata.uid.as_str())
+            .collect();
+        let dir = self.config.data_dir.join("vms");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let uid = entry.file_name().to_string_lossy().to_string();
+            if needed.contains(uid.as_str()) || owners.contains_key(&uid) {
+                continue;
+            }
+            let run_dir = entry.path();
+            if let Ok(q) = process::adopt(&run_dir, &uid).await {
+                tracing::warn!(uid, pid = q.pid, "killing a QEMU no instance here needs");
+                process::kill(q.pid);
+            }
+            tracing::info!(uid, "removing a run directory no instance here needs");
+            self.discard(&run_dir).await;
+        }
+    }
+}
