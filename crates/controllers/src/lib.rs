@@ -1,9 +1,10 @@
 //! Controllers that run inside the server process and act only through the API, like any client:
 //! the garbage collector (ownerReference cascades), the namespace controller, the node lifecycle
-//! controller, the VirtualMachine controller and the VM scheduler. Later capabilities
+//! controller, the VirtualMachine controller, the VM scheduler and the migration controller. Later capabilities
 //! (storage, networks) add their reconcilers here.
 
 pub mod garbage_collector;
+pub mod migration;
 pub use vmo_client::informer;
 pub mod namespace;
 pub mod node_lifecycle;
@@ -42,6 +43,7 @@ pub fn start_all(client: Client, settings: ControllerSettings) -> Vec<tokio::tas
             registry.clone(),
             settings.node_grace_period,
         )),
+        tokio::spawn(migration::run(client.clone(), registry.clone())),
         tokio::spawn(scheduler::run(client, registry)),
     ]
 }

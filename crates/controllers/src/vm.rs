@@ -249,8 +249,10 @@ fn printable_status(vm: &Object, vmi: Option<&Object>) -> &'static str {
         c.iter()
             .any(|c| c["type"] == "Paused" && c["status"] == "True")
     });
+    let migrating = vmo_api::kinds::migration::MigrationState::of(i).is_some_and(|s| s.active());
     match phase(i) {
         "Running" if paused => "Paused",
+        "Running" if migrating => "Migrating",
         "Running" => "Running",
         "Succeeded" => "Stopped",
         "Failed" => {
