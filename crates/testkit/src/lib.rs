@@ -2,6 +2,9 @@
 //! `vmo up` process (`VmoProcess`). Every wait is bounded; a failing test keeps its temp dir and logs
 //! and prints where they are.
 
+pub mod cluster;
+pub use cluster::{AgentProcess, Cluster};
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,201 @@
+//! Several nodes on one machine: a `vmo up --no-agent` control plane and one `vmo agent` process per
+//! node, each with its own data directory, endpoint port and zone, all sharing one shared-pool
+//! directory. Agents can be killed (`kill -9`) and started again. Dropping the cluster stops every
+//! process, including the QEMUs its agents left running, so a failed test leaks nothing.
+
+use crate::{wait_for, VmoProcess};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use vmo_api::kinds::core::node_condition;
+use vmo_api::Registry;
+use vmo_client::Client;
+
+/// One `vmo agent` process.
+#[derive(Debug)]
+pub struct AgentProcess {
+    pub name: String,
+    pub zone: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    binary: PathBuf,
+    kubeconfig: PathBuf,
+    extra: Vec<String>,
+}
+
+impl AgentProcess {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let child = Command::new(&self.binary)
+            .args(["agent", "--node-name", &self.name, "--zone", &self.zone])
+            .args([
+                "--heartbeat-interval",
+                "1s",
+                "--agent-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--accel", "tcg", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(&self.extra)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("VMO_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn vmo agent");
+        self.child = Some(child);
+    }
+
+    /// `kill -9` of the agent (its QEMUs keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the agent again on the same data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The run directory of an instance on this node.
+    pub fn run_dir(&self, uid: &str) -> PathBuf {
+        self.data_dir.join("vms").join(uid)
+    }
+}
+
+/// A control plane and its agents.
+#[derive(Debug)]
+pub struct Cluster {
+    pub up: VmoProcess,
+    pub agents: Vec<AgentProcess>,
+    /// The directory every node shares (`--shared-pool`).
+    pub shared_pool: PathBuf,
+    root: PathBuf,
+}
+
+impl Cluster {
+    /// Starts `vmo up --no-agent` and one agent per `(name, zone)` under `root`, and waits until
+    /// every node is Ready.
+    pub async fn start(binary: &Path, root: &Path, nodes: &[(&str, &str)]) -> Self {
+        let shared_pool = root.join("shared");
+        std::fs::create_dir_all(&shared_pool).expect("shared pool");
+        let up = VmoProcess::start_with_args(binary, &root.join("control"), &["--no-agent"]).await;
+        let mut agents = Vec::new();
+        for (name, zone) in nodes {
+            let mut agent = AgentProcess {
+                name: name.to_string(),
+                zone: zone.to_string(),
+                data_dir: root.join(name),
+                log: root.join(format!("{name}.log")),
+                child: None,
+                binary: binary.to_path_buf(),
+                kubeconfig: up.kubeconfig.clone(),
+                extra: vec!["--shared-pool".into(), shared_pool.display().to_string()],
+            };
+            agent.spawn();
+            agents.push(agent);
+        }
+        let cluster = Self {
+            up,
+            agents,
+            shared_pool,
+            root: root.to_path_buf(),
+        };
+        for (name, _) in nodes {
+            cluster.wait_node_ready(name).await;
+        }
+        cluster
+    }
+
+    pub fn client(&self) -> Client {
+        self.up.client()
+    }
+
+    /// The agent of node `name`.
+    pub fn agent(&mut self, name: &str) -> &mut AgentProcess {
+        self.agents
+            .iter_mut()
+            .find(|a| a.name == name)
+            .expect("no such agent")
+    }
+
+    /// Waits until node `name` reports Ready.
+    pub async fn wait_node_ready(&self, name: &str) {
+        let client = self.client();
+        let kind = *Registry::builtin().resolve("nodes").expect("nodes");
+        wait_for(
+            &format!("node {name} Ready"),
+            Duration::from_secs(60),
+            || async {
+                let node = client.get(&kind, "", name).await.ok()?;
+                (node_condition(&node, "Ready").as_deref() == Some("True")).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Every agent's log, for a failure message.
+    pub fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| {
+                format!(
+                    "--- {} ---\n{}",
+                    a.name,
+                    std::fs::read_to_string(&a.log).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for agent in &mut self.agents {
+            agent.kill();
+        }
+        kill_qemus_under(&self.root);
+        if std::thread::panicking() {
+            eprintln!("agent logs kept under {}", self.root.display());
+        }
+    }
+}
+
+/// Kills every QEMU whose pidfile lies under `root` (and whose command line names its directory's
+/// uid, so a recycled pid is left alone).
+pub fn kill_qemus_under(root: &Path) {
+    let Ok(out) = Command::new("find")
+        .arg(root)
+        .args(["-name", "qemu.pid"])
+        .output()
+    else {
+        return;
+    };
+    for pidfile in String::from_utf8_lossy(&out.stdout).lines() {
+        let pidfile = Path::new(pidfile);
+        let uid = pidfile
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|u| u.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !uid.is_empty() && String::from_utf8_lossy(&cmdline).contains(&uid) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
