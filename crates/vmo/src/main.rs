@@ -56,6 +56,10 @@ enum Command {
     Pause(cli::lifecycle::StartArgs),
     /// Resume a paused VirtualMachine's guest.
     Unpause(cli::lifecycle::StartArgs),
+    /// Live-migrate a VirtualMachine to another node without stopping it.
+    Migrate(cli::migrate::MigrateArgs),
+    /// Node maintenance: cordon, uncordon, drain (with --dry-run).
+    Node(cli::node::NodeArgs),
     /// List the kinds the server serves.
     ApiResources,
     /// Show the client and server versions.
@@ -109,6 +113,8 @@ fn main() -> ExitCode {
             Command::Restart(a) => cli::lifecycle::restart(&ctx, a).await,
             Command::Pause(a) => cli::lifecycle::pause(&ctx, a).await,
             Command::Unpause(a) => cli::lifecycle::unpause(&ctx, a).await,
+            Command::Migrate(a) => cli::migrate::run(&ctx, a).await,
+            Command::Node(a) => cli::node::run(&ctx, a).await,
             Command::ApiResources => cli::api_resources(&ctx).await,
             Command::Version => cli::version(&ctx).await,
         }

@@ -7,6 +7,8 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod lifecycle;
+pub mod migrate;
+pub mod node;
 pub mod output;
 
 use anyhow::Context as _;

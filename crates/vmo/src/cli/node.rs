@@ -1,0 +1,301 @@
+//! `vmo node cordon|uncordon|drain N`: maintenance of a host, as `kubectl cordon/drain` and
+//! vSphere's maintenance mode do it.
+//!
+//! Drain cordons the node, then empties it VM by VM as each instance's eviction strategy says:
+//! `LiveMigrate` moves it by live migration (the migration controller keeps to the cluster's
+//! parallel limits), `LiveMigrateIfPossible` too, or shuts it down when it cannot move, `None`
+//! shuts it down (a VM whose run strategy says so starts again elsewhere), `External` is left to
+//! whoever handles it. `--dry-run` says what would happen to each VM, and which cannot be moved
+//! and why, before anything is touched; a drain with an immovable `LiveMigrate` VM refuses to
+//! start.
+
+use super::migrate::{create_migration, migration_message};
+use super::Context;
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use vmo_api::kinds::migration::phase;
+use vmo_api::kinds::settings::{ClusterSettingsSpec, CLUSTER_SETTINGS_NAME};
+use vmo_api::{Object, Registry};
+use vmo_client::Client;
+use vmo_controllers::migration::{blockers, choose_target};
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Mark a node unschedulable: nothing new is placed there; its VMs keep running.
+    Cordon { name: String },
+    /// Make a cordoned node schedulable again.
+    Uncordon { name: String },
+    /// Cordon a node and move or stop every VM on it, as each VM's eviction strategy says.
+    Drain(DrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    pub name: String,
+    /// Only report what would happen to each VM, and which cannot be moved and why.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Give up waiting after this many seconds (what was started goes on).
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+}
+
+/// What draining does to one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    Migrate { target: String },
+    Stop { why: String },
+    Leave { why: String },
+    Blocked { why: String },
+}
+
+/// One instance on the node and its fate.
+#[derive(Debug, Clone)]
+pub struct Eviction {
+    pub vmi: Object,
+    pub strategy: String,
+    pub plan: Plan,
+}
+
+/// Decides each instance's fate (no writes).
+pub fn plan_drain(
+    node: &str,
+    nodes: &[Object],
+    vmis: &[Object],
+    settings: &ClusterSettingsSpec,
+) -> Vec<Eviction> {
+    let source = nodes.iter().find(|n| n.metadata.name == node);
+    let mut out = Vec::new();
+    // Targets fill up as the plan goes on: later VMs see earlier ones' reservations.
+    let mut planned: Vec<Object> = vmis.to_vec();
+    for vmi in vmis.iter().filter(|v| on_node(v, node)) {
+        let strategy = settings.eviction_strategy_for(vmi.spec()["evictionStrategy"].as_str());
+        let migrate = || {
+            let blocked = blockers(vmi, source);
+            if !blocked.is_empty() {
+                return Err(blocked.join("; "));
+            }
+            choose_target(vmi, node, &BTreeMap::new(), nodes, &planned)
+                .map_err(|why| format!("no node can take it: {why}"))
+        };
+        let plan = match strategy.as_str() {
+            "LiveMigrate" => match migrate() {
+                Ok(target) => Plan::Migrate { target },
+                Err(why) => Plan::Blocked { why },
+            },
+            "LiveMigrateIfPossible" => match migrate() {
+                Ok(target) => Plan::Migrate { target },
+                Err(why) => Plan::Stop {
+                    why: format!("cannot live-migrate ({why})"),
+                },
+            },
+            "External" => Plan::Leave {
+                why: "evictionStrategy External: left to an external controller".into(),
+            },
+            _ => Plan::Stop {
+                why: "evictionStrategy None".into(),
+            },
+        };
+        if let Plan::Migrate { target } = &plan {
+            if let Some(p) = planned
+                .iter_mut()
+                .find(|p| p.metadata.uid == vmi.metadata.uid)
+            {
+                p.body.entry("status").or_insert_with(|| json!({}))["migrationState"] =
+                    json!({"migrationUid": "planned", "sourceNode": node, "targetNode": target});
+            }
+        }
+        out.push(Eviction {
+            vmi: vmi.clone(),
+            strategy,
+            plan,
+        });
+    }
+    out
+}
+
+fn on_node(vmi: &Object, node: &str) -> bool {
+    vmi.status()["nodeName"].as_str() == Some(node)
+        && !matches!(vmi.status()["phase"].as_str(), Some("Succeeded" | "Failed"))
+}
+
+async fn set_unschedulable(client: &Client, name: &str, value: bool) -> anyhow::Result<()> {
+    let kind = Registry::builtin();
+    let kind = kind.resolve("nodes").expect("nodes are registered");
+    let patch = json!({"spec": {"unschedulable": if value { json!(true) } else { json!(null) }}});
+    client
+        .merge_patch(kind, "", name, None, &patch, "vmo-cli")
+        .await
+        .with_context(|| format!("node {name}"))?;
+    Ok(())
+}
+
+async fn load(client: &Client) -> anyhow::Result<(Vec<Object>, Vec<Object>, ClusterSettingsSpec)> {
+    let registry = Registry::builtin();
+    let kind = |n: &str| *registry.resolve(n).expect("registered");
+    let nodes = client.list(&kind("nodes"), None, "").await?.items;
+    let vmis = client.list(&kind("vmi"), None, "").await?.items;
+    let settings = client
+        .get(&kind("clustersettings"), "", CLUSTER_SETTINGS_NAME)
+        .await
+        .ok();
+    Ok((nodes, vmis, ClusterSettingsSpec::of(settings.as_ref())))
+}
+
+fn describe(e: &Eviction) -> String {
+    let what = match &e.plan {
+        Plan::Migrate { target } => format!("live-migrate to {target}"),
+        Plan::Stop { why } => format!("shut down ({why})"),
+        Plan::Leave { why } => format!("leave running ({why})"),
+        Plan::Blocked { why } => format!("CANNOT MOVE: {why}"),
+    };
+    format!("  {:<40} {:<22} {what}", e.vmi.display_name(), e.strategy)
+}
+
+pub async fn run(ctx: &Context, args: NodeArgs) -> anyhow::Result<()> {
+    let client = ctx.client()?;
+    match args.command {
+        NodeCommand::Cordon { name } => {
+            set_unschedulable(&client, &name, true).await?;
+            println!("node/{name} cordoned");
+        }
+        NodeCommand::Uncordon { name } => {
+            set_unschedulable(&client, &name, false).await?;
+            println!("node/{name} uncordoned");
+        }
+        NodeCommand::Drain(a) => drain(&client, a).await?,
+    }
+    Ok(())
+}
+
+async fn drain(client: &Client, args: DrainArgs) -> anyhow::Result<()> {
+    let (nodes, vmis, settings) = load(client).await?;
+    let node = &args.name;
+    if !nodes.iter().any(|n| n.metadata.name == *node) {
+        bail!("node {node} not found");
+    }
+    let plan = plan_drain(node, &nodes, &vmis, &settings);
+    let blocked: Vec<&Eviction> = plan
+        .iter()
+        .filter(|e| matches!(e.plan, Plan::Blocked { .. }))
+        .collect();
+    if args.dry_run {
+        println!("draining node/{node} would (dry run, nothing changed):");
+        println!("  {:<40} {:<22} ACTION", "VM", "EVICTION STRATEGY");
+        for e in &plan {
+            println!("{}", describe(e));
+        }
+        if plan.is_empty() {
+            println!("  (no VMs run on {node})");
+        }
+        if !blocked.is_empty() {
+            println!(
+                "{} VM(s) cannot be moved; the drain would stop before touching anything",
+                blocked.len()
+            );
+        }
+        return Ok(());
+    }
+    if !blocked.is_empty() {
+        let list: Vec<String> = blocked.iter().map(|e| describe(e)).collect();
+        bail!(
+            "node {node} cannot be drained; nothing was changed:\n{}",
+            list.join("\n")
+        );
+    }
+    set_unschedulable(client, node, true).await?;
+    println!("node/{node} cordoned");
+    let registry = Registry::builtin();
+    let vmi_kind = *registry.resolve("vmi").expect("registered");
+    let mut migrations = Vec::new();
+    for e in &plan {
+        let (ns, name) = (&e.vmi.metadata.namespace, &e.vmi.metadata.name);
+        match &e.plan {
+            Plan::Migrate { .. } => {
+                let m = create_migration(client, ns, name, None).await?;
+                println!(
+                    "{}: migrating (migration {})",
+                    e.vmi.display_name(),
+                    m.metadata.name
+                );
+                migrations.push((ns.clone(), m.metadata.name.clone(), e.vmi.display_name()));
+            }
+            Plan::Stop { why } => {
+                match client.delete(&vmi_kind, ns, name, "Background").await {
+                    Err(e) if !e.is_not_found() => return Err(e.into()),
+                    _ => {}
+                }
+                println!("{}: shutting down ({why})", e.vmi.display_name());
+            }
+            Plan::Leave { why } => println!("{}: left running ({why})", e.vmi.display_name()),
+            Plan::Blocked { .. } => unreachable!("refused above"),
+        }
+    }
+    let migration_kind = *registry.resolve("vmim").expect("registered");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+    let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        for (ns, m, vm) in &migrations {
+            let Ok(obj) = client.get(&migration_kind, ns, m).await else {
+                continue;
+            };
+            let p = obj.status()["phase"]
+                .as_str()
+                .unwrap_or("Pending")
+                .to_string();
+            if reported.get(m) != Some(&p) {
+                println!("{vm}: migration {p}: {}", migration_message(&obj));
+                reported.insert(m.clone(), p);
+            }
+        }
+        let left: Vec<Object> = client
+            .list(&vmi_kind, None, "")
+            .await?
+            .items
+            .into_iter()
+            .filter(|v| on_node(v, node))
+            .collect();
+        let left_expected = plan
+            .iter()
+            .filter(|e| matches!(e.plan, Plan::Leave { .. }))
+            .count();
+        let failed: Vec<&String> = reported
+            .iter()
+            .filter(|(_, p)| *p == phase::FAILED)
+            .map(|(m, _)| m)
+            .collect();
+        if !failed.is_empty() {
+            bail!(
+                "node {node} stays cordoned; migration(s) failed: {}",
+                failed
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if left.len() <= left_expected {
+            println!("node/{node} drained");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            let names: Vec<String> = left.iter().map(Object::display_name).collect();
+            bail!(
+                "node {node} still runs {} after {}s: {}",
+                names.len(),
+                args.timeout,
+                names.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,394 @@
+//! Live migration with real QEMU (TCG) between three agents on one machine: a guest that dirties
+//! memory and counts on its serial console moves round robin over three nodes without its counter
+//! restarting, with its shared-pool disk; a migration whose target QEMU is killed mid-way leaves the
+//! VM running on its source with nothing left on the target; deleting a migration cancels it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use vmo_api::kinds::migration::MigrationState;
+use vmo_api::{Object, Registry};
+use vmo_client::Client;
+use vmo_testkit::{console_log_until, test_guest, wait_for, Cluster, KeptDir};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn vmo() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vmo"))
+}
+
+/// A VM whose guest counts on its console and dirties `dirty` MiB/s, with a disk in the shared pool.
+fn manifest(name: &str, guest: &Path, pool: &Path, dirty: u32) -> String {
+    let kernel = if guest.join("vmlinux").exists() {
+        "vmlinux"
+    } else {
+        "vmlinuz"
+    };
+    format!(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: Always
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      evictionStrategy: LiveMigrate
+      terminationGracePeriodSeconds: 5
+      domain:
+        memory:
+          guest: 256Mi
+        firmware:
+          kernelBoot:
+            kernelArgs: console=ttyS0 quiet no_timer_check vmo.netwait=0 vmo.tick=1 vmo.dirty={dirty} vmo.dirtybuf=48
+            container:
+              kernelPath: {g}/{kernel}
+              initrdPath: {g}/initrd.img
+        devices:
+          disks:
+            - name: data
+              disk: {{bus: virtio}}
+            - name: cloudinit
+              disk: {{bus: virtio}}
+      volumes:
+        - name: data
+          hostDisk:
+            path: {pool}/{name}-data.img
+            type: DiskOrCreate
+            capacity: 64Mi
+        - name: cloudinit
+          cloudInitNoCloud:
+            userData: |
+              #!/bin/sh
+              echo VMO-E2E-USERDATA {name}
+"#,
+        g = guest.display(),
+        pool = pool.display()
+    )
+}
+
+async fn vmi(client: &Client, name: &str) -> Option<Object> {
+    client
+        .get(Registry::builtin().resolve("vmi").unwrap(), "default", name)
+        .await
+        .ok()
+}
+
+fn node_of(vmi: &Object) -> String {
+    vmi.status()["nodeName"].as_str().unwrap_or("").to_string()
+}
+
+fn serial_log(cluster: &mut Cluster, node: &str, uid: &str) -> PathBuf {
+    cluster.agent(node).run_dir(uid).join("serial.log")
+}
+
+/// The highest `tick N` in a console transcript.
+fn last_tick(console: &str) -> u64 {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("VMO-GUEST: tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn qemu_pid(run_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(run_dir.join("qemu.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `vmo migrate` and checks the instance moved to a node other than `from` (to `to` if
+/// given) with its guest still counting; returns the new node.
+async fn migrate_and_check(
+    cluster: &mut Cluster,
+    name: &str,
+    from: &str,
+    to: Option<&str>,
+    ticks_before: u64,
+) -> (String, u64) {
+    let client = cluster.client();
+    let uid = vmi(&client, name).await.unwrap().metadata.uid;
+    let source_run = cluster.agent(from).run_dir(&uid);
+    let mut args = vec!["migrate", name, "--wait", "--timeout", "120"];
+    if let Some(to) = to {
+        args.extend(["--target-node", to]);
+    }
+    let (ok, out, err) = cluster.up.cli(&args);
+    assert!(ok, "vmo migrate failed: {out}{err}\n{}", cluster.logs());
+    assert!(out.contains("Succeeded"), "{out}");
+    assert!(out.contains("downtime"), "{out}");
+    let moved = vmi(&client, name).await.unwrap();
+    let node = node_of(&moved);
+    assert_ne!(node, from);
+    if let Some(to) = to {
+        assert_eq!(node, to);
+    }
+    assert_eq!(moved.metadata.uid, uid, "the same instance carries on");
+    assert_eq!(moved.status()["phase"], "Running");
+    let state = MigrationState::of(&moved).expect("migrationState");
+    assert!(state.completed && !state.failed, "{state:?}");
+    assert_eq!(
+        (state.source_node.as_str(), state.target_node.as_str()),
+        (from, node.as_str())
+    );
+    assert!(state.start_timestamp.is_some() && state.end_timestamp.is_some());
+    assert!(state.transferred_bytes.unwrap_or(0) > 0, "{state:?}");
+    // The guest carries on counting on the target: no reboot, no counter reset.
+    let log = serial_log(cluster, &node, &uid);
+    let want = format!("VMO-GUEST: tick {}", ticks_before + 3);
+    let console = console_log_until(&log, &want, Duration::from_secs(60)).await;
+    assert!(
+        !console.contains("VMO-GUEST: booted"),
+        "the guest rebooted: {console}"
+    );
+    let first_on_target = console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("VMO-GUEST: tick "))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .next()
+        .unwrap_or(0);
+    assert!(
+        first_on_target > ticks_before.saturating_sub(1),
+        "counter went back: {first_on_target} after {ticks_before}"
+    );
+    // The source let go of everything.
+    wait_for("the source's run directory to go", WAIT, || async {
+        (!source_run.exists()).then_some(())
+    })
+    .await;
+    (node, last_tick(&console))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dirtying_guest_migrates_round_robin_over_three_nodes() {
+    let Some(guest) = test_guest() else { return };
+    let dir = KeptDir::new("vmo-migrate-");
+    let mut cluster = Cluster::start(
+        vmo(),
+        dir.path(),
+        &[
+            ("node-a", "zone-a"),
+            ("node-b", "zone-b"),
+            ("node-c", "zone-c"),
+        ],
+    )
+    .await;
+    let client = cluster.client();
+    let pool = cluster.shared_pool.clone();
+    let (ok, out, err) = cluster.up.cli_with_input(
+        &["apply", "-f", "-"],
+        Some(&manifest("mover", &guest, &pool, 16)),
+    );
+    assert!(ok, "{out}{err}");
+    let running = wait_for("mover running", WAIT, || async {
+        vmi(&client, "mover")
+            .await
+            .filter(|i| i.status()["phase"] == "Running")
+    })
+    .await;
+    let uid = running.metadata.uid.clone();
+    let mut node = node_of(&running);
+    let log = serial_log(&mut cluster, &node, &uid);
+    let console = console_log_until(&log, "VMO-GUEST: tick 3", Duration::from_secs(150)).await;
+    assert!(
+        console.contains("VMO-GUEST: dirtying 16 MiB/s"),
+        "{console}"
+    );
+    let mut ticks = last_tick(&console);
+
+    // Round robin: to each of the other two nodes by name, then wherever the scheduler says.
+    let others: Vec<String> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .filter(|n| **n != node)
+        .map(|n| n.to_string())
+        .collect();
+    for to in &others {
+        let (now, t) =
+            migrate_and_check(&mut cluster, "mover", &node.clone(), Some(to), ticks).await;
+        node = now;
+        ticks = t;
+    }
+    let (now, _) = migrate_and_check(&mut cluster, "mover", &node.clone(), None, ticks).await;
+    assert_ne!(now, node);
+
+    // Users see it: migration objects Succeeded, events on the instance, the VM Running again.
+    let (_, table, _) = cluster.up.cli(&["get", "vmim"]);
+    assert_eq!(table.matches("Succeeded").count(), 3, "{table}");
+    let (_, described, _) = cluster.up.cli(&["describe", "vmi", "mover"]);
+    assert!(described.contains("Migrated"), "{described}");
+    let vm = client
+        .get(
+            Registry::builtin().resolve("vm").unwrap(),
+            "default",
+            "mover",
+        )
+        .await
+        .unwrap();
+    assert_eq!(vm.status()["printableStatus"], "Running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_cancelled_migration_leaves_the_vm_running_on_its_source() {
+    let Some(guest) = test_guest() else { return };
+    let dir = KeptDir::new("vmo-migrate-fail-");
+    let mut cluster = Cluster::start(
+        vmo(),
+        dir.path(),
+        &[("node-a", "zone-a"), ("node-b", "zone-b")],
+    )
+    .await;
+    let client = cluster.client();
+    // Slow migrations, so there is time to interfere: 4 MiB/s against 48 MiB of random pages.
+    let settings = "apiVersion: vmo.io/v1alpha1\nkind: ClusterSettings\nmetadata:\n  name: cluster\nspec:\n  migrations:\n    bandwidthPerMigration: 4Mi\n";
+    let (ok, out, err) = cluster
+        .up
+        .cli_with_input(&["apply", "-f", "-"], Some(settings));
+    assert!(ok, "{out}{err}");
+    let pool = cluster.shared_pool.clone();
+    let (ok, out, err) = cluster.up.cli_with_input(
+        &["apply", "-f", "-"],
+        Some(&manifest("stay", &guest, &pool, 4)),
+    );
+    assert!(ok, "{out}{err}");
+    let running = wait_for("stay running", WAIT, || async {
+        vmi(&client, "stay")
+            .await
+            .filter(|i| i.status()["phase"] == "Running")
+    })
+    .await;
+    let uid = running.metadata.uid.clone();
+    let source = node_of(&running);
+    let target = if source == "node-a" {
+        "node-b"
+    } else {
+        "node-a"
+    };
+    let source_log = serial_log(&mut cluster, &source, &uid);
+    console_log_until(&source_log, "VMO-GUEST: tick 2", Duration::from_secs(150)).await;
+    let source_pid = qemu_pid(&cluster.agent(&source).run_dir(&uid)).unwrap();
+    let target_run = cluster.agent(target).run_dir(&uid);
+    let mkind = *Registry::builtin().resolve("vmim").unwrap();
+
+    // 1. The target QEMU is killed while memory is being copied.
+    let (ok, out, err) = cluster.up.cli(&["migrate", "stay"]);
+    assert!(ok, "{out}{err}");
+    wait_for("the migration to be sending", WAIT, || async {
+        let i = vmi(&client, "stay").await?;
+        MigrationState::of(&i).filter(|s| s.start_timestamp.is_some() && s.active())
+    })
+    .await;
+    let target_pid = qemu_pid(&target_run).expect("a target QEMU");
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &target_pid.to_string()])
+        .status();
+    let failed = wait_for("the migration to fail", WAIT, || async {
+        let i = vmi(&client, "stay").await?;
+        MigrationState::of(&i).filter(|s| s.failed)
+    })
+    .await;
+    assert!(failed.failure_reason.is_some(), "{failed:?}");
+    let migrations = client
+        .list(&mkind, Some("default"), "")
+        .await
+        .unwrap()
+        .items;
+    let m = wait_for("the migration object to say Failed", WAIT, || async {
+        let m = client
+            .get(&mkind, "default", &migrations[0].metadata.name)
+            .await
+            .ok()?;
+        (m.status()["phase"] == "Failed").then_some(m)
+    })
+    .await;
+    assert!(!m.status()["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or("")
+        .is_empty());
+    let i = vmi(&client, "stay").await.unwrap();
+    assert_eq!(node_of(&i), source, "still on its source");
+    assert_eq!(i.status()["phase"], "Running");
+    assert!(alive(source_pid), "the source QEMU runs on");
+    let before = last_tick(&std::fs::read_to_string(&source_log).unwrap());
+    console_log_until(
+        &source_log,
+        &format!("VMO-GUEST: tick {}", before + 2),
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for("nothing left on the target", WAIT, || async {
+        (!target_run.exists()).then_some(())
+    })
+    .await;
+
+    // 2. Deleting a migration while it runs cancels it.
+    let (ok, out, err) = cluster.up.cli(&["migrate", "stay"]);
+    assert!(ok, "{out}{err}");
+    let name = out
+        .split("(migration ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_end_matches(')')
+        .to_string();
+    wait_for("the second migration to be sending", WAIT, || async {
+        let i = vmi(&client, "stay").await?;
+        MigrationState::of(&i).filter(|s| s.start_timestamp.is_some() && s.active())
+    })
+    .await;
+    let (ok, out, err) = cluster.up.cli(&["delete", "vmim", &name]);
+    assert!(ok, "{out}{err}");
+    let cancelled = wait_for("the migration to be cancelled", WAIT, || async {
+        let i = vmi(&client, "stay").await?;
+        MigrationState::of(&i).filter(|s| s.failed)
+    })
+    .await;
+    assert_eq!(
+        cancelled.abort_status.as_deref(),
+        Some("Succeeded"),
+        "{cancelled:?}"
+    );
+    wait_for("the migration object to go", WAIT, || async {
+        client
+            .get(&mkind, "default", &name)
+            .await
+            .err()
+            .filter(|e| e.is_not_found())
+    })
+    .await;
+    let i = vmi(&client, "stay").await.unwrap();
+    assert_eq!(node_of(&i), source);
+    assert!(alive(source_pid));
+    wait_for("nothing left on the target", WAIT, || async {
+        (!target_run.exists()).then_some(())
+    })
+    .await;
+    let leftover = std::process::Command::new("pgrep")
+        .args(["-f", &uid])
+        .output()
+        .unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&leftover.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        pids,
+        vec![source_pid.to_string()],
+        "one QEMU for the instance"
+    );
+}
