@@ -13,6 +13,7 @@ mod migration;
 mod node;
 pub mod qmp;
 pub mod runner;
+pub mod sim;
 pub mod tls;
 pub mod vm;
 

@@ -1,0 +1,567 @@
+//! The simulated agent: many nodes in one process, speaking the real agent's protocol without QEMU,
+//! for scale tests and benchmarks.
+//!
+//! Each simulated node registers a Node shaped like a real agent's (hostname, zone and machine-pool
+//! labels, capacity and allocatable, a Ready condition, addresses and nodeInfo) and renews its
+//! heartbeat Lease. Instances bound to a simulated node are "run" at once: the agent finalizer is
+//! added (conditional on the version read, as the real runner does), then the status says
+//! `Running`, Ready. A deleted instance is released at once (its finalizer removed). A node the
+//! node lifecycle controller marked not Ready gets its status written again at the next heartbeat,
+//! and a deleted Node is registered again.
+//!
+//! One informer for Nodes and one for instances serve every simulated node, and writes run with
+//! bounded concurrency, so a few hundred nodes cost little more than one. What a simulated node
+//! does with an instance is decided by [`next_step`], a pure function, where migration handling
+//! will go.
+
+use crate::runner::{mac_for, AGENT_FINALIZER};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use vmo_api::kinds::coordination::NODE_LEASE_NAMESPACE;
+use vmo_api::kinds::core::{node_condition, MACHINE_POOL_LABEL, ZONE_LABEL};
+use vmo_api::meta::{now_rfc3339, now_rfc3339_micros};
+use vmo_api::{KindInfo, Object, Registry};
+use vmo_client::informer::{self, Cache};
+use vmo_client::{Client, ClientError};
+
+/// The label every simulated node carries.
+pub const SIMULATED_LABEL: &str = "vmo.io/simulated";
+/// API writes a simulator has in flight at once.
+const WRITE_CONCURRENCY: usize = 32;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// How many nodes.
+    pub nodes: usize,
+    /// Node `i` is named `{name_prefix}{i}`.
+    pub name_prefix: String,
+    /// Node `i` is in zone `{zone_prefix}{i % zones}`.
+    pub zones: usize,
+    pub zone_prefix: String,
+    /// `vmo.io/machine-pool` of every node.
+    pub pool: String,
+    /// Cores per node (capacity and allocatable).
+    pub cpus: u32,
+    /// Memory per node (capacity); allocatable keeps `reserved_memory_bytes` back.
+    pub memory_bytes: u64,
+    pub reserved_memory_bytes: u64,
+    /// More labels on every node.
+    pub labels: BTreeMap<String, String>,
+    /// Renewal period of each node's Lease.
+    pub heartbeat_interval: Duration,
+    /// How long a Lease is valid without renewal.
+    pub lease_duration: Duration,
+}
+
+impl SimConfig {
+    /// `nodes` nodes named `sim-0`, `sim-1`, ... in 3 zones (`zone-0`..`zone-2`), 16 cores and
+    /// 64 GiB each, heartbeats every 10 s.
+    pub fn new(nodes: usize) -> Self {
+        Self {
+            nodes,
+            name_prefix: "sim-".into(),
+            zones: 3,
+            zone_prefix: "zone-".into(),
+            pool: "default".into(),
+            cpus: 16,
+            memory_bytes: 64 << 30,
+            reserved_memory_bytes: 512 << 20,
+            labels: BTreeMap::new(),
+            heartbeat_interval: Duration::from_secs(10),
+            lease_duration: Duration::from_secs(40),
+        }
+    }
+
+    /// The name of node `i`.
+    pub fn node_name(&self, i: usize) -> String {
+        format!("{}{i}", self.name_prefix)
+    }
+
+    /// The zone of node `i`.
+    pub fn zone(&self, i: usize) -> String {
+        format!("{}{}", self.zone_prefix, i % self.zones.max(1))
+    }
+}
+
+/// Why the simulated nodes could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("invalid node name {name:?}: {why}")]
+    NodeName { name: String, why: String },
+    #[error("registering simulated node {node}")]
+    Register {
+        node: String,
+        #[source]
+        source: ClientError,
+    },
+}
+
+/// What a simulated node does next with an instance bound to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Take it: add the agent finalizer, then report it Running and Ready.
+    Run,
+    /// It was deleted: remove the agent finalizer (no guest to stop).
+    Release,
+    /// Nothing to do.
+    Nothing,
+}
+
+/// The next step for `vmi`, bound to one of the simulator's nodes. (Migration, when simulated,
+/// branches here on `status.migrationState`.)
+pub fn next_step(vmi: &Object) -> Step {
+    let has_finalizer = vmi.metadata.finalizers.iter().any(|f| f == AGENT_FINALIZER);
+    if vmi.metadata.deletion_timestamp.is_some() {
+        return if has_finalizer {
+            Step::Release
+        } else {
+            Step::Nothing
+        };
+    }
+    match vmi.status()["phase"].as_str().unwrap_or("") {
+        "" | "Pending" | "Scheduling" | "Scheduled" => Step::Run,
+        _ => Step::Nothing,
+    }
+}
+
+struct Sim {
+    client: Client,
+    config: SimConfig,
+    node_kind: KindInfo,
+    lease_kind: KindInfo,
+    vmi_kind: KindInfo,
+    names: Vec<String>,
+    writes: Semaphore,
+}
+
+/// Simulated nodes, running until dropped.
+#[derive(Debug)]
+pub struct SimAgents {
+    names: Vec<String>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SimAgents {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl SimAgents {
+    /// Registers every node (they exist and are Ready when this returns), then keeps their
+    /// heartbeats and runs the instances bound to them until the returned value is dropped.
+    pub async fn start(client: Client, config: SimConfig) -> Result<Self, SimError> {
+        let registry = Registry::builtin();
+        let names: Vec<String> = (0..config.nodes).map(|i| config.node_name(i)).collect();
+        for name in &names {
+            let errors = vmo_api::validation::dns1123_subdomain("node name", name);
+            if let Some(e) = errors.first() {
+                return Err(SimError::NodeName {
+                    name: name.clone(),
+                    why: e.detail.clone(),
+                });
+            }
+        }
+        let sim = Arc::new(Sim {
+            client: client.clone(),
+            node_kind: *registry.resolve("nodes").expect("nodes are registered"),
+            lease_kind: *registry.resolve("leases").expect("leases are registered"),
+            vmi_kind: *registry.resolve("vmi").expect("vmis are registered"),
+            names: names.clone(),
+            config,
+            writes: Semaphore::new(WRITE_CONCURRENCY),
+        });
+        let registered: Vec<Result<(), SimError>> = futures_util::stream::iter(0..names.len())
+            .map(|i| {
+                let sim = sim.clone();
+                async move {
+                    sim.register(i).await.map_err(|source| SimError::Register {
+                        node: sim.names[i].clone(),
+                        source,
+                    })
+                }
+            })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        registered.into_iter().collect::<Result<Vec<()>, _>>()?;
+        tracing::info!(
+            nodes = names.len(),
+            prefix = sim.config.name_prefix,
+            "simulated nodes registered"
+        );
+        let tasks = vec![
+            tokio::spawn(sim.clone().heartbeats()),
+            tokio::spawn(sim.run_instances()),
+        ];
+        Ok(Self { names, tasks })
+    }
+
+    /// The simulated nodes' names.
+    pub fn node_names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+impl Sim {
+    fn labels(&self, i: usize) -> Value {
+        let mut labels = json!({
+            "kubernetes.io/hostname": self.names[i],
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            ZONE_LABEL: self.config.zone(i),
+            MACHINE_POOL_LABEL: self.config.pool,
+            SIMULATED_LABEL: "true",
+        });
+        for (k, v) in &self.config.labels {
+            labels[k] = json!(v);
+        }
+        labels
+    }
+
+    fn status(&self, i: usize) -> Value {
+        let c = &self.config;
+        let allocatable = c.memory_bytes.saturating_sub(c.reserved_memory_bytes);
+        let now = now_rfc3339();
+        json!({
+            "capacity": {"cpu": c.cpus.to_string(), "memory": format!("{}Ki", c.memory_bytes / 1024)},
+            "allocatable": {"cpu": c.cpus.to_string(), "memory": format!("{}Ki", allocatable / 1024)},
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "AgentReady",
+                "message": "vmo simulated agent is posting ready status",
+                "lastHeartbeatTime": now, "lastTransitionTime": now,
+            }],
+            "addresses": [{"type": "Hostname", "address": self.names[i]}],
+            "nodeInfo": {
+                "machineID": format!("sim-{i}"),
+                "kernelVersion": "simulated",
+                "osImage": "vmo simulated node",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "kubeletVersion": format!("vmo-{}", env!("CARGO_PKG_VERSION")),
+                "containerRuntimeVersion": "sim://none",
+            },
+        })
+    }
+
+    /// Creates (or relabels) node `i`, writes its status and renews its Lease.
+    async fn register(&self, i: usize) -> Result<(), ClientError> {
+        let name = &self.names[i];
+        let _permit = self.writes.acquire().await;
+        let node = match self
+            .client
+            .create(
+                &self.node_kind,
+                "",
+                &json!({
+                    "apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": name, "labels": self.labels(i)},
+                    "spec": {},
+                }),
+            )
+            .await
+        {
+            Ok(n) => n,
+            Err(e) if e.is_conflict() => {
+                let patch = json!({"metadata": {"labels": self.labels(i)}});
+                self.client
+                    .merge_patch(&self.node_kind, "", name, None, &patch, "vmo-sim-agent")
+                    .await?
+            }
+            Err(e) => return Err(e),
+        };
+        self.write_status(i).await?;
+        self.renew_lease(i, &node.metadata.uid).await
+    }
+
+    async fn write_status(&self, i: usize) -> Result<(), ClientError> {
+        let patch = json!({"status": self.status(i)});
+        self.client
+            .merge_patch(
+                &self.node_kind,
+                "",
+                &self.names[i],
+                Some("status"),
+                &patch,
+                "vmo-sim-agent",
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Renews node `i`'s Lease, creating it (owned by the Node) when missing.
+    async fn renew_lease(&self, i: usize, node_uid: &str) -> Result<(), ClientError> {
+        let name = &self.names[i];
+        let spec = json!({
+            "holderIdentity": name,
+            "leaseDurationSeconds": self.config.lease_duration.as_secs().max(1),
+            "renewTime": now_rfc3339_micros(),
+        });
+        let patch = json!({"spec": spec});
+        match self
+            .client
+            .merge_patch(
+                &self.lease_kind,
+                NODE_LEASE_NAMESPACE,
+                name,
+                None,
+                &patch,
+                "vmo-sim-agent",
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => {
+                let lease = json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {
+                        "name": name, "namespace": NODE_LEASE_NAMESPACE,
+                        "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid}],
+                    },
+                    "spec": spec,
+                });
+                match self
+                    .client
+                    .create(&self.lease_kind, NODE_LEASE_NAMESPACE, &lease)
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.is_conflict() => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One heartbeat of node `i`: registered again if its Node is gone, status rewritten if it
+    /// is not Ready, Lease renewed.
+    async fn heartbeat(&self, i: usize, nodes: &Cache) -> Result<(), ClientError> {
+        let name = &self.names[i];
+        let node = nodes
+            .select(|n| &n.metadata.name == name)
+            .into_iter()
+            .next();
+        let Some(node) = node else {
+            return if nodes.synced() {
+                self.register(i).await
+            } else {
+                Ok(())
+            };
+        };
+        let _permit = self.writes.acquire().await;
+        if node_condition(&node, "Ready").as_deref() != Some("True") {
+            self.write_status(i).await?;
+        }
+        self.renew_lease(i, &node.metadata.uid).await
+    }
+
+    /// Heartbeats of every node, spread evenly over the interval.
+    async fn heartbeats(self: Arc<Self>) {
+        let nodes = informer::start(
+            self.client.clone(),
+            self.node_kind,
+            Arc::new(Notify::new()),
+            informer::every_change,
+        );
+        let n = self.names.len().max(1) as u32;
+        let step = self.config.heartbeat_interval / n;
+        let mut tick = tokio::time::interval(step.max(Duration::from_micros(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut i = 0;
+        loop {
+            tick.tick().await;
+            if self.names.is_empty() {
+                continue;
+            }
+            let sim = self.clone();
+            let nodes = nodes.clone();
+            let index = i;
+            tokio::spawn(async move {
+                if let Err(e) = sim.heartbeat(index, &nodes).await {
+                    tracing::warn!(node = %sim.names[index], error = %e, "simulated heartbeat failed");
+                }
+            });
+            i = (i + 1) % self.names.len();
+        }
+    }
+
+    /// Runs the instances bound to the simulated nodes.
+    async fn run_instances(self: Arc<Self>) {
+        let changed = Arc::new(Notify::new());
+        let vmis = informer::start(
+            self.client.clone(),
+            self.vmi_kind,
+            changed.clone(),
+            informer::every_change,
+        );
+        let mine: HashSet<String> = self.names.iter().cloned().collect();
+        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        loop {
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            if !vmis.synced() {
+                continue;
+            }
+            let bound = vmis.select(|v| {
+                v.status()["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| mine.contains(n))
+            });
+            for vmi in bound {
+                let step = next_step(&vmi);
+                if step == Step::Nothing
+                    || !in_flight
+                        .lock()
+                        .expect("in-flight lock")
+                        .insert(vmi.metadata.uid.clone())
+                {
+                    continue;
+                }
+                let (sim, in_flight) = (self.clone(), in_flight.clone());
+                tokio::spawn(async move {
+                    let uid = vmi.metadata.uid.clone();
+                    if let Err(e) = sim.take(&vmi, step).await {
+                        if !e.is_conflict() && !e.is_not_found() {
+                            tracing::warn!(vmi = %vmi.display_name(), ?step, error = %e, "simulated step failed");
+                        }
+                    }
+                    in_flight.lock().expect("in-flight lock").remove(&uid);
+                });
+            }
+        }
+    }
+
+    /// Carries out `step` for `vmi`.
+    async fn take(&self, vmi: &Object, step: Step) -> Result<(), ClientError> {
+        let _permit = self.writes.acquire().await;
+        let (namespace, name) = (&vmi.metadata.namespace, &vmi.metadata.name);
+        match step {
+            Step::Nothing => Ok(()),
+            Step::Release => {
+                let finalizers: Vec<&String> = vmi
+                    .metadata
+                    .finalizers
+                    .iter()
+                    .filter(|f| *f != AGENT_FINALIZER)
+                    .collect();
+                let patch = json!({"metadata": {"finalizers": finalizers}});
+                self.client
+                    .merge_patch(
+                        &self.vmi_kind,
+                        namespace,
+                        name,
+                        None,
+                        &patch,
+                        "vmo-sim-agent",
+                    )
+                    .await
+                    .map(|_| ())
+            }
+            Step::Run => {
+                if !vmi.metadata.finalizers.iter().any(|f| f == AGENT_FINALIZER) {
+                    let mut finalizers = vmi.metadata.finalizers.clone();
+                    finalizers.push(AGENT_FINALIZER.into());
+                    // Conditional on the version read, so a deletion in between is not missed.
+                    let patch = json!({"metadata": {
+                        "finalizers": finalizers,
+                        "resourceVersion": vmi.metadata.resource_version,
+                    }});
+                    self.client
+                        .merge_patch(
+                            &self.vmi_kind,
+                            namespace,
+                            name,
+                            None,
+                            &patch,
+                            "vmo-sim-agent",
+                        )
+                        .await?;
+                }
+                let interfaces: Vec<Value> = vmi.spec()["domain"]["devices"]["interfaces"]
+                    .as_array()
+                    .map(|nics| {
+                        nics.iter()
+                            .enumerate()
+                            .map(|(i, n)| {
+                                let mac = n["macAddress"]
+                                    .as_str()
+                                    .map(str::to_string)
+                                    .unwrap_or_else(|| mac_for(&vmi.metadata.uid, i));
+                                json!({"name": n["name"], "mac": mac})
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let status = json!({"status": {
+                    "phase": "Running",
+                    "nodeName": vmi.status()["nodeName"],
+                    "interfaces": interfaces,
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                }});
+                self.client
+                    .merge_patch(
+                        &self.vmi_kind,
+                        namespace,
+                        name,
+                        Some("status"),
+                        &status,
+                        "vmo-sim-agent",
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vmi(phase: &str, finalizer: bool, deleted: bool) -> Object {
+        let mut o = Object::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "a", "namespace": "default"},
+            "status": {"phase": phase, "nodeName": "sim-0"}
+        }))
+        .unwrap();
+        if finalizer {
+            o.metadata.finalizers.push(AGENT_FINALIZER.into());
+        }
+        if deleted {
+            o.metadata.deletion_timestamp = Some("2026-11-24T00:00:00Z".into());
+        }
+        o
+    }
+
+    #[test]
+    fn scheduled_instances_run_and_deleted_ones_are_released() {
+        assert_eq!(next_step(&vmi("Scheduled", false, false)), Step::Run);
+        assert_eq!(next_step(&vmi("Scheduled", true, false)), Step::Run);
+        assert_eq!(next_step(&vmi("Running", true, false)), Step::Nothing);
+        assert_eq!(next_step(&vmi("Succeeded", true, false)), Step::Nothing);
+        assert_eq!(next_step(&vmi("Running", true, true)), Step::Release);
+        assert_eq!(next_step(&vmi("Scheduled", false, true)), Step::Nothing);
+    }
+
+    #[test]
+    fn nodes_are_named_and_zoned_by_index() {
+        let mut c = SimConfig::new(5);
+        c.name_prefix = "big-".into();
+        c.zones = 2;
+        assert_eq!(c.node_name(3), "big-3");
+        assert_eq!(c.zone(3), "zone-1");
+        c.zones = 0;
+        assert_eq!(c.zone(3), "zone-0");
+    }
+}
