@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod datadir;
 mod paths;
+mod sim;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Command {
     Up(up::UpArgs),
     /// Run a node agent that joins the control plane in the kubeconfig.
     Agent(agent::AgentArgs),
+    /// Simulate many nodes (no QEMU) joining the control plane in the kubeconfig, for scale tests.
+    SimAgent(sim::SimAgentArgs),
     /// Create or update objects from files, a directory, or `-` (standard input).
     Apply(cli::apply::ApplyArgs),
     /// List objects, or show some by name.
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         match args.command {
             Command::Up(a) => up::run(a).await,
             Command::Agent(a) => agent::run(&ctx, a).await,
+            Command::SimAgent(a) => sim::run(&ctx, a).await,
             Command::Apply(a) => cli::apply::run(&ctx, a).await,
             Command::Get(a) => cli::get::run(&ctx, a).await,
             Command::Describe(a) => cli::describe::run(&ctx, a).await,
