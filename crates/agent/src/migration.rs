@@ -38,6 +38,14 @@ pub struct Outgoing {
     /// "cancelled".
     cancel_reason: Option<String>,
     aborted_on_request: bool,
+    /// Node-local disks being copied to the target first (drive ids).
+    mirrors: Vec<String>,
+    /// The memory migration has started (after the disk copies were in sync).
+    migrating: bool,
+    disk_bytes: u64,
+    /// Where the target listens for memory, and the settings to send with.
+    address: (String, u16),
+    config: vmo_api::kinds::migration::MigrationConfiguration,
 }
 
 impl Runner {
@@ -81,26 +89,46 @@ impl Runner {
                 && state.abort_requested
                 && out.cancel_reason.is_none()
             {
-                out.cancel_reason = Some("cancelled: the migration object was deleted".into());
                 out.aborted_on_request = true;
-                let _ = qemu.qmp.execute("migrate_cancel", None).await;
+                self.cancel(
+                    vmi,
+                    qemu,
+                    outgoing,
+                    "cancelled: the migration object was deleted",
+                )
+                .await;
             }
             return;
         }
         let config = state.migration_configuration.clone().unwrap_or_default();
-        let memory = serde_json::from_value::<VmiSpec>(vmi.spec().clone())
-            .ok()
+        let spec = serde_json::from_value::<VmiSpec>(vmi.spec().clone()).ok();
+        let memory = spec
+            .as_ref()
             .and_then(|s| s.guest_memory_bytes().ok())
             .unwrap_or(1 << 30);
+        let mirrors = spec.as_ref().map(migrate::local_disks).unwrap_or_default();
         let mut out = Outgoing {
             uid: state.migration_uid.clone(),
             target: state.target_node.clone(),
             watchdog: Watchdog::new(&config, memory, Instant::now()),
             cancel_reason: None,
             aborted_on_request: false,
+            migrating: mirrors.is_empty(),
+            mirrors,
+            disk_bytes: 0,
+            address: (
+                state.target_node_address.clone().unwrap_or_default(),
+                state.target_port(0).unwrap_or(0),
+            ),
+            config: config.clone(),
         };
         if state.start_timestamp.is_some() {
             // Started before this agent restarted: QEMU carried on; watch it again.
+            out.migrating = out.mirrors.is_empty()
+                || matches!(
+                    migrate::progress(&qemu.qmp).await,
+                    Ok(Progress::Active { remaining }) if remaining != u64::MAX
+                );
             *outgoing = Some(out);
             return;
         }
@@ -118,7 +146,18 @@ impl Runner {
         else {
             return; // the target is not listening yet
         };
-        match migrate::start(&qemu.qmp, host, port, &config).await {
+        let started = if out.mirrors.is_empty() {
+            migrate::start(&qemu.qmp, host, port, &config, false).await
+        } else {
+            match state.target_port(1) {
+                Some(nbd) => migrate::start_mirrors(&qemu.qmp, host, nbd, &out.mirrors).await,
+                None => Err(migrate::MigrateError::Mirror {
+                    drive: out.mirrors.join(","),
+                    why: "the target exports no disks to copy into".into(),
+                }),
+            }
+        };
+        match started {
             Ok(()) => {
                 self.report_migration(vmi, json!({"startTimestamp": now_rfc3339()}), json!({}))
                     .await;
@@ -129,7 +168,7 @@ impl Runner {
                 *outgoing = Some(out);
             }
             Err(e) => {
-                out.cancel_reason = Some(e.to_string());
+                migrate::abandon_mirrors(&qemu.qmp, &out.mirrors).await;
                 let why = format!("could not start the migration: {e}");
                 self.report_migration(
                     vmi,
@@ -154,6 +193,29 @@ impl Runner {
         let Some(out) = outgoing.as_mut() else {
             return false;
         };
+        if !out.migrating {
+            // Disks first: the memory migration starts once every copy is in sync.
+            match migrate::mirrors_ready(&qemu.qmp, &out.mirrors).await {
+                Ok((ready, copied)) => {
+                    out.disk_bytes = copied;
+                    if let Verdict::Abort(why) =
+                        out.watchdog.check(u64::MAX - copied, Instant::now())
+                    {
+                        self.cancel(vmi, qemu, outgoing, &why).await;
+                        return false;
+                    }
+                    if ready {
+                        let (host, port) = &out.address;
+                        match migrate::start(&qemu.qmp, host, *port, &out.config, true).await {
+                            Ok(()) => out.migrating = true,
+                            Err(e) => self.cancel(vmi, qemu, outgoing, &e.to_string()).await,
+                        }
+                    }
+                }
+                Err(e) => self.cancel(vmi, qemu, outgoing, &e.to_string()).await,
+            }
+            return false;
+        }
         let progress = match migrate::progress(&qemu.qmp).await {
             Ok(p) => p,
             Err(e) => {
@@ -172,10 +234,25 @@ impl Runner {
                             .await;
                     }
                     Verdict::Abort(why) if out.cancel_reason.is_none() => {
-                        out.cancel_reason = Some(why);
-                        let _ = qemu.qmp.execute("migrate_cancel", None).await;
+                        self.cancel(vmi, qemu, outgoing, &why).await;
                     }
                     Verdict::Abort(_) => {}
+                }
+                false
+            }
+            Progress::PreSwitchover => {
+                // The guest is stopped: complete the disk copies, then let the switch-over go.
+                let finished = match migrate::finish_mirrors(&qemu.qmp, &out.mirrors).await {
+                    Ok(()) => qemu
+                        .qmp
+                        .execute("migrate-continue", Some(json!({"state": "pre-switchover"})))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(why) = finished {
+                    self.cancel(vmi, qemu, outgoing, &why).await;
                 }
                 false
             }
@@ -183,6 +260,7 @@ impl Runner {
                 downtime_ms,
                 transferred,
             } => {
+                let transferred = transferred + out.disk_bytes;
                 let target = out.target.clone();
                 self.report_migration(
                     vmi,
@@ -207,6 +285,7 @@ impl Runner {
                 true
             }
             Progress::Failed(qemu_reason) => {
+                migrate::abandon_mirrors(&qemu.qmp, &out.mirrors).await;
                 let why = out.cancel_reason.clone().unwrap_or(qemu_reason);
                 let mut fields =
                     json!({"failed": true, "failureReason": why, "endTimestamp": now_rfc3339()});
@@ -227,6 +306,41 @@ impl Runner {
         }
     }
 
+    /// Source side: gives up an outgoing migration for `why`. A memory migration is cancelled in
+    /// QEMU (its failure is reported by the next poll); disk copies alone are dropped and the
+    /// failure reported here.
+    pub(crate) async fn cancel(
+        &self,
+        vmi: &Object,
+        qemu: &QemuProcess,
+        outgoing: &mut Option<Outgoing>,
+        why: &str,
+    ) {
+        let Some(out) = outgoing.as_mut() else {
+            return;
+        };
+        out.cancel_reason.get_or_insert_with(|| why.to_string());
+        if out.migrating {
+            let _ = qemu.qmp.execute("migrate_cancel", None).await;
+            return;
+        }
+        migrate::abandon_mirrors(&qemu.qmp, &out.mirrors).await;
+        let mut fields =
+            json!({"failed": true, "failureReason": why, "endTimestamp": now_rfc3339()});
+        if out.aborted_on_request {
+            fields["abortStatus"] = json!("Succeeded");
+        }
+        self.report_migration(vmi, fields, json!({})).await;
+        let message = format!(
+            "Live migration to {} failed: {why}; the guest keeps running here",
+            out.target
+        );
+        self.events
+            .record(vmi, EventType::Warning, "MigrationFailed", &message)
+            .await;
+        *outgoing = None;
+    }
+
     /// Target side: the owner task of an instance migrating to this node.
     pub(crate) async fn own_incoming(
         self: Arc<Self>,
@@ -244,7 +358,7 @@ impl Runner {
                 let status = q.qmp.status().await.unwrap_or_default();
                 if status == "inmigrate" && state.target_node_address.is_none() {
                     // Launched but never announced (the agent stopped in between): start over.
-                    process::kill(q.pid);
+                    process::kill_and_wait(q.pid).await;
                     drop(q);
                     match self.listen_for(&vmi, &state, &run_dir).await {
                         Some(q) => q,
@@ -282,12 +396,12 @@ impl Runner {
                     command = commands.recv() => match command {
                         Some(Command::Migration(s)) if s.migration_uid != state.migration_uid || s.failed => {
                             tracing::info!(vmi = %name, "migration failed or superseded: discarding the target");
-                            process::kill(qemu.pid);
+                            process::kill_and_wait(qemu.pid).await;
                             self.discard(&run_dir).await;
                             return;
                         }
                         Some(Command::Stop { .. }) | None => {
-                            process::kill(qemu.pid);
+                            process::kill_and_wait(qemu.pid).await;
                             self.discard(&run_dir).await;
                             return;
                         }
@@ -296,6 +410,7 @@ impl Runner {
                 }
             }
         }
+        migrate::stop_exports(&qemu.qmp).await;
         tracing::info!(vmi = %name, pid = qemu.pid, "the migrated guest runs here now");
         self.supervise(vmi, qemu, sender, commands).await;
     }
@@ -344,20 +459,33 @@ impl Runner {
             }
         };
         let config = state.migration_configuration.clone().unwrap_or_default();
-        match migrate::listen(&qemu.qmp, &self.migration_host, &config).await {
+        let drives = serde_json::from_value::<VmiSpec>(vmi.spec().clone())
+            .map(|s| migrate::local_disks(&s))
+            .unwrap_or_default();
+        let mut ports = serde_json::Map::new();
+        let listening = async {
+            if !drives.is_empty() {
+                let nbd = migrate::export_disks(&qemu.qmp, qemu.pid, &self.migration_host, &drives)
+                    .await?;
+                ports.insert(nbd.to_string(), json!(1));
+            }
+            migrate::listen(&qemu.qmp, &self.migration_host, &config).await
+        };
+        match listening.await {
             Ok(port) => {
-                tracing::info!(vmi = %name, port, "waiting for the incoming migration");
+                tracing::info!(vmi = %name, port, disks = drives.len(), "waiting for the incoming migration");
+                ports.insert(port.to_string(), json!(0));
                 self.report_migration(
                     vmi,
                     json!({"targetNodeAddress": self.migration_host,
-                           "targetDirectMigrationNodePorts": {port.to_string(): 0}}),
+                           "targetDirectMigrationNodePorts": ports}),
                     json!({}),
                 )
                 .await;
                 Some(qemu)
             }
             Err(e) => {
-                process::kill(qemu.pid);
+                process::kill_and_wait(qemu.pid).await;
                 failed(format!("target {}: {e}", self.config.node_name)).await;
                 self.discard(run_dir).await;
                 None
@@ -394,7 +522,7 @@ impl Runner {
             let run_dir = entry.path();
             if let Ok(q) = process::adopt(&run_dir, &uid).await {
                 tracing::warn!(uid, pid = q.pid, "killing a QEMU no instance here needs");
-                process::kill(q.pid);
+                process::kill_and_wait(q.pid).await;
             }
             tracing::info!(uid, "removing a run directory no instance here needs");
             self.discard(&run_dir).await;

@@ -392,3 +392,236 @@ async fn a_failed_or_cancelled_migration_leaves_the_vm_running_on_its_source() {
         "one QEMU for the instance"
     );
 }
+
+/// A VM whose only writable disk is node-local (`emptyDisk`); its guest writes a marker at boot and
+/// a counter every second.
+fn local_disk_manifest(name: &str, guest: &Path, eviction: &str) -> String {
+    let kernel = if guest.join("vmlinux").exists() {
+        "vmlinux"
+    } else {
+        "vmlinuz"
+    };
+    format!(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      evictionStrategy: {eviction}
+      terminationGracePeriodSeconds: 5
+      domain:
+        memory:
+          guest: 128Mi
+        firmware:
+          kernelBoot:
+            kernelArgs: console=ttyS0 quiet no_timer_check vmo.netwait=0 vmo.tick=1
+            container:
+              kernelPath: {g}/{kernel}
+              initrdPath: {g}/initrd.img
+        devices:
+          disks:
+            - name: scratch
+              disk: {{bus: virtio}}
+            - name: cloudinit
+              disk: {{bus: virtio}}
+      volumes:
+        - name: scratch
+          emptyDisk:
+            capacity: 32Mi
+        - name: cloudinit
+          cloudInitNoCloud:
+            userData: |
+              #!/bin/sh
+              echo "VMO-LOCAL-DATA-{name}" | dd of=/dev/vda bs=512 seek=0 conv=fsync 2>/dev/null
+              (n=0; while :; do n=$((n + 1)); echo "disk-tick $n" | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; sleep 1; done) &
+              echo VMO-E2E-WROTE
+"#,
+        g = guest.display()
+    )
+}
+
+/// The first `len` bytes at `offset` of a qcow2 image another QEMU holds open.
+fn read_image(image: &Path, offset: usize, len: usize) -> String {
+    let raw = image.with_extension("check.raw");
+    let ok = std::process::Command::new("qemu-img")
+        .args(["convert", "-U", "-f", "qcow2", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "qemu-img convert of {}", image.display());
+    let bytes = std::fs::read(&raw).unwrap();
+    let _ = std::fs::remove_file(&raw);
+    String::from_utf8_lossy(&bytes[offset..offset + len]).to_string()
+}
+
+fn disk_tick(text: &str) -> u64 {
+    text.split("disk-tick ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_on_a_local_disk_migrates_with_its_data() {
+    let Some(guest) = test_guest() else { return };
+    let dir = KeptDir::new("vmo-migrate-local-");
+    let mut cluster = Cluster::start(
+        vmo(),
+        dir.path(),
+        &[("node-a", "zone-a"), ("node-b", "zone-b")],
+    )
+    .await;
+    let client = cluster.client();
+    let (ok, out, err) = cluster.up.cli_with_input(
+        &["apply", "-f", "-"],
+        Some(&local_disk_manifest("local", &guest, "LiveMigrate")),
+    );
+    assert!(ok, "{out}{err}");
+    let running = wait_for("local running", WAIT, || async {
+        vmi(&client, "local")
+            .await
+            .filter(|i| i.status()["phase"] == "Running")
+    })
+    .await;
+    let uid = running.metadata.uid.clone();
+    let source = node_of(&running);
+    let log = serial_log(&mut cluster, &source, &uid);
+    let console = console_log_until(&log, "VMO-GUEST: tick 2", Duration::from_secs(150)).await;
+    assert!(console.contains("VMO-E2E-WROTE"), "{console}");
+    let source_disk = cluster.agent(&source).run_dir(&uid).join("scratch.qcow2");
+    let ticks_before = disk_tick(&read_image(&source_disk, 4096, 64));
+    assert!(ticks_before > 0, "the guest writes its disk");
+
+    let (node, _) = migrate_and_check(
+        &mut cluster,
+        "local",
+        &source.clone(),
+        None,
+        last_tick(&console),
+    )
+    .await;
+    // The copy on the target holds what was written before, and takes what is written after.
+    let target_disk = cluster.agent(&node).run_dir(&uid).join("scratch.qcow2");
+    assert!(
+        read_image(&target_disk, 0, 64).starts_with("VMO-LOCAL-DATA-local"),
+        "the marker written before the migration is on the target's disk"
+    );
+    let later = wait_for("the guest to write the target's disk", WAIT, || async {
+        let t = disk_tick(&read_image(&target_disk, 4096, 64));
+        (t > ticks_before + 2).then_some(t)
+    })
+    .await;
+    assert!(later > ticks_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_node_with_four_vms() {
+    let Some(guest) = test_guest() else { return };
+    let dir = KeptDir::new("vmo-drain-");
+    let cluster = Cluster::start(
+        vmo(),
+        dir.path(),
+        &[
+            ("node-a", "zone-a"),
+            ("node-b", "zone-b"),
+            ("node-c", "zone-c"),
+        ],
+    )
+    .await;
+    let client = cluster.client();
+    // Everything starts on node-a: the others are cordoned meanwhile.
+    for n in ["node-b", "node-c"] {
+        let (ok, out, err) = cluster.up.cli(&["node", "cordon", n]);
+        assert!(ok && out.contains("cordoned"), "{out}{err}");
+    }
+    let vms = [
+        ("mig-1", "LiveMigrate"),
+        ("mig-2", "LiveMigrate"),
+        ("mig-3", "LiveMigrateIfPossible"),
+        ("stopper", "None"),
+    ];
+    for (name, eviction) in vms {
+        let (ok, out, err) = cluster.up.cli_with_input(
+            &["apply", "-f", "-"],
+            Some(&local_disk_manifest(name, &guest, eviction)),
+        );
+        assert!(ok, "{out}{err}");
+    }
+    let mut uids = std::collections::HashMap::new();
+    for (name, _) in vms {
+        let i = wait_for(&format!("{name} running"), WAIT, || async {
+            vmi(&client, name)
+                .await
+                .filter(|i| i.status()["phase"] == "Running")
+        })
+        .await;
+        assert_eq!(node_of(&i), "node-a");
+        uids.insert(name, i.metadata.uid);
+    }
+
+    // With nowhere to go, the dry run says which VMs cannot move and why; nothing changes.
+    let (ok, out, err) = cluster.up.cli(&["node", "drain", "node-a", "--dry-run"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("CANNOT MOVE") && out.contains("unschedulable"),
+        "{out}"
+    );
+    assert!(out.contains("shut down (evictionStrategy None)"), "{out}");
+    let (ok, out, err) = cluster.up.cli(&["node", "drain", "node-a"]);
+    assert!(!ok, "a drain that cannot finish does not start: {out}");
+    assert!(
+        err.contains("cannot be drained") && err.contains("mig-1"),
+        "{err}"
+    );
+    let nodes_kind = *Registry::builtin().resolve("nodes").unwrap();
+    let node_a = client.get(&nodes_kind, "", "node-a").await.unwrap();
+    assert_ne!(
+        node_a.spec()["unschedulable"],
+        true,
+        "node-a was left alone"
+    );
+
+    // With room elsewhere: the dry run plans a migration for each, then the drain does it.
+    for n in ["node-b", "node-c"] {
+        assert!(cluster.up.cli(&["node", "uncordon", n]).0);
+    }
+    let (ok, out, err) = cluster.up.cli(&["node", "drain", "node-a", "--dry-run"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.matches("live-migrate to node-").count(), 3, "{out}");
+    let (ok, out, err) = cluster
+        .up
+        .cli(&["node", "drain", "node-a", "--timeout", "300"]);
+    assert!(ok, "drain failed: {out}{err}\n{}", cluster.logs());
+    assert!(out.contains("node/node-a drained"), "{out}");
+    assert!(out.contains("stopper: shutting down"), "{out}");
+    let node_a = client.get(&nodes_kind, "", "node-a").await.unwrap();
+    assert_eq!(
+        node_a.spec()["unschedulable"],
+        true,
+        "node-a stays cordoned"
+    );
+    for (name, _) in &vms[..3] {
+        let i = vmi(&client, name).await.unwrap();
+        assert_eq!(
+            i.metadata.uid, uids[name],
+            "{name} moved live, same instance"
+        );
+        assert_ne!(node_of(&i), "node-a");
+        assert_eq!(i.status()["phase"], "Running");
+    }
+    // The VM with evictionStrategy None was shut down and, as runStrategy Always says, started
+    // again elsewhere as a new instance.
+    let restarted = wait_for("stopper restarted elsewhere", WAIT, || async {
+        vmi(&client, "stopper")
+            .await
+            .filter(|i| i.metadata.uid != uids["stopper"] && i.status()["phase"] == "Running")
+    })
+    .await;
+    assert_ne!(node_of(&restarted), "node-a");
+}

@@ -209,6 +209,18 @@ pub fn kill(pid: u32) {
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
 }
 
+/// Kills a process and waits (up to 10 s) until it is gone, so what it held (memory, disk locks,
+/// ports) is free when this returns.
+pub async fn kill_and_wait(pid: u32) {
+    let _ = tokio::task::spawn_blocking(move || kill(pid)).await;
+    for _ in 0..500 {
+        if is_zombie(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A 512-byte BIOS boot sector that writes `K` to the first serial port and halts.
 fn probe_boot_sector() -> Vec<u8> {
     // mov dx,0x3f8 ; mov al,'K' ; out dx,al ; cli ; hlt ; jmp $-1
