@@ -258,6 +258,7 @@ impl Runner {
             }
             Progress::Completed {
                 downtime_ms,
+                total_ms,
                 transferred,
             } => {
                 let transferred = transferred + out.disk_bytes;
@@ -265,7 +266,7 @@ impl Runner {
                 self.report_migration(
                     vmi,
                     json!({"completed": true, "endTimestamp": now_rfc3339(),
-                           "downtimeMilliseconds": downtime_ms, "transferredBytes": transferred}),
+                           "downtimeMilliseconds": downtime_ms, "transferredBytes": transferred, "migrationMilliseconds": total_ms}),
                     json!({"nodeName": target}),
                 )
                 .await;
@@ -394,7 +395,11 @@ impl Runner {
                         }
                     },
                     command = commands.recv() => match command {
-                        Some(Command::Migration(s)) if s.migration_uid != state.migration_uid || s.failed => {
+                        // Ours failed; or a newer migration exists that does not start here,
+                        // so ours never completed (when it did, the newer one leaves from here:
+                        // the guest is about to resume on this node).
+                        Some(Command::Migration(s)) if (s.migration_uid == state.migration_uid && s.failed)
+                            || (s.migration_uid != state.migration_uid && s.source_node != self.config.node_name) => {
                             tracing::info!(vmi = %name, "migration failed or superseded: discarding the target");
                             process::kill_and_wait(qemu.pid).await;
                             self.discard(&run_dir).await;

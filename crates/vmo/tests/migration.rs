@@ -224,12 +224,45 @@ async fn a_dirtying_guest_migrates_round_robin_over_three_nodes() {
         node = now;
         ticks = t;
     }
-    let (now, _) = migrate_and_check(&mut cluster, "mover", &node.clone(), None, ticks).await;
+    let (now, ticks) = migrate_and_check(&mut cluster, "mover", &node.clone(), None, ticks).await;
     assert_ne!(now, node);
+
+    // Back to back: a new migration created the moment the last one completes leaves from the
+    // node the guest is arriving on, which must not lose it meanwhile.
+    let mkind = *Registry::builtin().resolve("vmim").unwrap();
+    let mut from = now;
+    for _ in 0..2 {
+        let body = serde_json::json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+            "metadata": {"generateName": "back-to-back-", "namespace": "default"},
+            "spec": {"vmiName": "mover"},
+        });
+        let uid = client
+            .create(&mkind, "default", &body)
+            .await
+            .unwrap()
+            .metadata
+            .uid;
+        from = wait_for("a back-to-back migration", WAIT, || async {
+            let i = vmi(&client, "mover").await?;
+            let s = MigrationState::of(&i).filter(|s| s.migration_uid == uid)?;
+            assert!(!s.failed, "{s:?}");
+            (s.completed && node_of(&i) != from).then(|| node_of(&i))
+        })
+        .await;
+    }
+    let log = serial_log(&mut cluster, &from, &uid);
+    let console = console_log_until(&log, &format!("VMO-GUEST: tick {}", ticks + 6), WAIT).await;
+    assert!(!console.contains("VMO-GUEST: booted"), "{console}");
+    let i = vmi(&client, "mover").await.unwrap();
+    assert_eq!(
+        (i.metadata.uid.as_str(), i.status()["phase"].as_str()),
+        (uid.as_str(), Some("Running"))
+    );
 
     // Users see it: migration objects Succeeded, events on the instance, the VM Running again.
     let (_, table, _) = cluster.up.cli(&["get", "vmim"]);
-    assert_eq!(table.matches("Succeeded").count(), 3, "{table}");
+    assert_eq!(table.matches("Succeeded").count(), 5, "{table}");
     let (_, described, _) = cluster.up.cli(&["describe", "vmi", "mover"]);
     assert!(described.contains("Migrated"), "{described}");
     let vm = client

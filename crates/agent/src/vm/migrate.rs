@@ -275,7 +275,11 @@ pub enum Progress {
     /// `migrate-continue`.
     PreSwitchover,
     /// Done: the guest runs on the target now.
-    Completed { downtime_ms: u64, transferred: u64 },
+    Completed {
+        downtime_ms: u64,
+        total_ms: u64,
+        transferred: u64,
+    },
     /// Failed or cancelled, with QEMU's reason.
     Failed(String),
 }
@@ -286,6 +290,7 @@ pub fn progress_of(info: &Value) -> Progress {
     match info["status"].as_str().unwrap_or("") {
         "completed" => Progress::Completed {
             downtime_ms: info["downtime"].as_u64().unwrap_or(0),
+            total_ms: info["total-time"].as_u64().unwrap_or(0),
             transferred: ram["transferred"].as_u64().unwrap_or(0),
         },
         "failed" => Progress::Failed(
@@ -416,10 +421,11 @@ mod tests {
     fn reads_query_migrate() {
         assert_eq!(
             progress_of(
-                &json!({"status": "completed", "downtime": 39, "ram": {"transferred": 1000}})
+                &json!({"status": "completed", "downtime": 39, "total-time": 700, "ram": {"transferred": 1000}})
             ),
             Progress::Completed {
                 downtime_ms: 39,
+                total_ms: 700,
                 transferred: 1000
             }
         );

@@ -168,6 +168,9 @@ pub struct MigrationState {
     /// vmo: bytes of memory (and disk, for local disks) sent to the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transferred_bytes: Option<u64>,
+    /// vmo: how long QEMU's memory migration took, from `migrate` to completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_milliseconds: Option<u64>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
