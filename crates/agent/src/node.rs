@@ -54,17 +54,19 @@ impl Reporter {
         }
     }
 
-    fn annotations(&self) -> Value {
-        let pool = self
-            .config
-            .shared_pool
-            .as_ref()
-            .map(|p| p.display().to_string());
-        json!({
+    /// The agent's annotations; with `for_patch`, an absent shared pool is a `null` that removes
+    /// the annotation a previous run set (a new Node must not carry nulls).
+    fn annotations(&self, for_patch: bool) -> Value {
+        let mut annotations = json!({
             AGENT_ENDPOINT_ANNOTATION: self.endpoint.url,
             AGENT_CERT_ANNOTATION: self.endpoint.fingerprint,
-            SHARED_POOL_ANNOTATION: pool,
-        })
+        });
+        match &self.config.shared_pool {
+            Some(pool) => annotations[SHARED_POOL_ANNOTATION] = json!(pool.display().to_string()),
+            None if for_patch => annotations[SHARED_POOL_ANNOTATION] = Value::Null,
+            None => {}
+        }
+        annotations
     }
 
     fn labels(&self) -> Value {
@@ -151,7 +153,7 @@ impl Reporter {
         };
         let node = match existing {
             Some(n) => {
-                let patch = json!({"metadata": {"labels": self.labels(), "annotations": self.annotations()}});
+                let patch = json!({"metadata": {"labels": self.labels(), "annotations": self.annotations(true)}});
                 self.client
                     .patch(
                         &self.node_kind,
@@ -172,7 +174,7 @@ impl Reporter {
                         "",
                         &json!({
                             "apiVersion": "v1", "kind": "Node",
-                            "metadata": {"name": name, "labels": self.labels(), "annotations": self.annotations()},
+                            "metadata": {"name": name, "labels": self.labels(), "annotations": self.annotations(false)},
                             "spec": {},
                         }),
                     )
