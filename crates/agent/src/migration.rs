@@ -286,22 +286,8 @@ impl Runner {
                 true
             }
             Progress::Failed(qemu_reason) => {
-                migrate::abandon_mirrors(&qemu.qmp, &out.mirrors).await;
                 let why = out.cancel_reason.clone().unwrap_or(qemu_reason);
-                let mut fields =
-                    json!({"failed": true, "failureReason": why, "endTimestamp": now_rfc3339()});
-                if out.aborted_on_request {
-                    fields["abortStatus"] = json!("Succeeded");
-                }
-                self.report_migration(vmi, fields, json!({})).await;
-                let message = format!(
-                    "Live migration to {} failed: {why}; the guest keeps running here",
-                    out.target
-                );
-                self.events
-                    .record(vmi, EventType::Warning, "MigrationFailed", &message)
-                    .await;
-                *outgoing = None;
+                self.give_up(vmi, qemu, outgoing, &why).await;
                 false
             }
         }
@@ -325,6 +311,21 @@ impl Runner {
             let _ = qemu.qmp.execute("migrate_cancel", None).await;
             return;
         }
+        self.give_up(vmi, qemu, outgoing, why).await;
+    }
+
+    /// Source side: drops the disk copies, reports the migration failed for `why` (the guest runs
+    /// on here) and forgets it.
+    async fn give_up(
+        &self,
+        vmi: &Object,
+        qemu: &QemuProcess,
+        outgoing: &mut Option<Outgoing>,
+        why: &str,
+    ) {
+        let Some(out) = outgoing.take() else {
+            return;
+        };
         migrate::abandon_mirrors(&qemu.qmp, &out.mirrors).await;
         let mut fields =
             json!({"failed": true, "failureReason": why, "endTimestamp": now_rfc3339()});
@@ -339,7 +340,6 @@ impl Runner {
         self.events
             .record(vmi, EventType::Warning, "MigrationFailed", &message)
             .await;
-        *outgoing = None;
     }
 
     /// Target side: the owner task of an instance migrating to this node.

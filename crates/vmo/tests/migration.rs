@@ -8,7 +8,9 @@ use std::time::Duration;
 use vmo_api::kinds::migration::MigrationState;
 use vmo_api::{Object, Registry};
 use vmo_client::Client;
-use vmo_testkit::{console_log_until, test_guest, wait_for, Cluster, KeptDir};
+use vmo_testkit::{
+    console_log_until, process_alive as alive, test_guest, wait_for, Cluster, KeptDir,
+};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -99,18 +101,6 @@ fn qemu_pid(run_dir: &Path) -> Option<u32> {
         .trim()
         .parse()
         .ok()
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
 }
 
 /// Runs `vmo migrate` and checks the instance moved to a node other than `from` (to `to` if

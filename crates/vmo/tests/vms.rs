@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vmo_api::{Object, Registry};
 use vmo_client::Client;
-use vmo_testkit::{console_log_until, test_guest, wait_for, KeptDir, VmoProcess};
+use vmo_testkit::{
+    console_log_until, process_alive as alive, test_guest, wait_for, KeptDir, VmoProcess,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -96,18 +98,6 @@ fn qemu_pid(data: &Path, uid: &str) -> u32 {
         .trim()
         .parse()
         .unwrap()
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
