@@ -4,6 +4,7 @@
 
 use crate::informer::{self, Cache};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -27,12 +28,10 @@ pub async fn run(client: Client, registry: Arc<Registry>, grace: Duration) {
         changed.clone(),
         informer::every_change,
     );
-    let leases = informer::start(
-        client.clone(),
-        lease_kind,
-        changed.clone(),
-        informer::every_change,
-    );
+    // A renewal never makes a node unreachable, and an agent that comes back also writes its Node's
+    // status (which wakes the controller): renewals need not wake it, the 1 s tick looks at expiry.
+    // With hundreds of nodes renewing every few seconds, waking on each meant a pass per renewal.
+    let leases = informer::start(client.clone(), lease_kind, changed.clone(), |_, _| false);
     loop {
         tokio::select! {
             _ = changed.notified() => {}
@@ -58,11 +57,13 @@ async fn reconcile(
     grace: Duration,
 ) {
     let now = unix_now();
-    let leases = leases.select(|l| l.metadata.namespace == NODE_LEASE_NAMESPACE);
+    let leases: HashMap<String, Object> = leases
+        .select(|l| l.metadata.namespace == NODE_LEASE_NAMESPACE)
+        .into_iter()
+        .map(|l| (l.metadata.name.clone(), l))
+        .collect();
     for node in nodes.list() {
-        let lease = leases
-            .iter()
-            .find(|l| l.metadata.name == node.metadata.name);
+        let lease = leases.get(&node.metadata.name);
         let renewed_until = lease.and_then(|l| {
             let duration = l.spec()["leaseDurationSeconds"].as_i64().unwrap_or(40);
             lease_expiry(l).map(|expiry| expiry - duration + grace.as_secs() as i64)
