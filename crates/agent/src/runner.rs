@@ -145,7 +145,8 @@ pub async fn run(
         }
         owners.retain(|_, (_, task)| !task.is_finished());
         let me = runner.config.node_name.as_str();
-        for vmi in vmis.list() {
+        // Only this node's instances and those migrating to or from it are copied out of the cache.
+        for vmi in vmis.select(|v| concerns(v, me)) {
             let uid = vmi.metadata.uid.clone();
             let state = MigrationState::of(&vmi);
             if let (Some((commands, _)), Some(s)) = (owners.get(&uid), &state) {
@@ -204,9 +205,17 @@ pub async fn run(
         }
         if last_sweep.elapsed() > SWEEP_INTERVAL {
             last_sweep = tokio::time::Instant::now();
-            runner.sweep(&vmis.list(), &owners).await;
+            runner
+                .sweep(&vmis.select(|v| concerns(v, me)), &owners)
+                .await;
         }
     }
+}
+
+/// True when `vmi` runs on `node` or migrates to or from it.
+fn concerns(vmi: &Object, node: &str) -> bool {
+    vmi.status()["nodeName"].as_str() == Some(node)
+        || vmi.status()["migrationState"]["targetNode"].as_str() == Some(node)
 }
 
 /// How often run directories nobody owns are looked for.
