@@ -64,6 +64,14 @@ impl Cache {
             .unwrap_or_default()
     }
 
+    /// Calls `f` with every cached object, copying none (the cache is read-locked meanwhile, so
+    /// `f` should be quick and must not wait).
+    pub fn visit(&self, mut f: impl FnMut(&Object)) {
+        if let Ok(index) = self.index.read() {
+            index.objects.values().for_each(&mut f);
+        }
+    }
+
     /// The cached object with this uid.
     pub fn get_by_uid(&self, uid: &str) -> Option<Object> {
         let index = self.index.read().ok()?;

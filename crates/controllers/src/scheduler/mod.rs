@@ -38,7 +38,7 @@ pub use snapshot::{
 use crate::informer;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -103,7 +103,19 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
         if !vmis.synced() || !nodes.synced() {
             continue;
         }
-        let decisions = plan(&nodes.list(), &vmis.list(), &mut assumed);
+        // The snapshot is built straight from the caches: only instances waiting for a node are
+        // copied out.
+        let mut facts = Vec::new();
+        nodes.visit(|n| facts.push(NodeFacts::from_node(n)));
+        let mut snapshot = Snapshot::with_nodes(facts);
+        let mut waiting = Vec::new();
+        vmis.visit(|v| {
+            snapshot.add_vmi(v);
+            if unbound(v) {
+                waiting.push(v.clone());
+            }
+        });
+        let decisions = plan(snapshot, waiting, &mut assumed);
         let written: Vec<(String, Option<(String, PlacementRequest)>)> =
             futures_util::stream::iter(decisions)
                 .map(|(vmi, request, decision)| {
@@ -136,25 +148,21 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
     }
 }
 
-/// One pass's decisions: each unbound instance (oldest first) with its request and where it goes
-/// or why it cannot. `assumed` loses placements the cache now shows (or that expired).
+/// One pass's decisions: each `waiting` (unbound) instance, oldest first, with its request and
+/// where it goes or why it cannot. `snapshot` holds the cluster as the caches show it; `assumed`
+/// loses placements the cache now shows (or that expired) and the rest are added to the snapshot.
 fn plan(
-    nodes: &[Object],
-    vmis: &[Object],
+    mut snapshot: Snapshot,
+    waiting: Vec<Object>,
     assumed: &mut HashMap<String, Assumed>,
 ) -> Vec<(Object, Option<PlacementRequest>, Decision)> {
-    let waiting: HashMap<&str, &Object> = vmis
-        .iter()
-        .filter(|v| unbound(v))
-        .map(|v| (v.metadata.uid.as_str(), v))
-        .collect();
-    assumed.retain(|uid, a| waiting.contains_key(uid.as_str()) && a.since.elapsed() < ASSUME_FOR);
-    let mut snapshot = Snapshot::from_objects(nodes, vmis);
+    let uids: HashSet<&str> = waiting.iter().map(|v| v.metadata.uid.as_str()).collect();
+    assumed.retain(|uid, a| uids.contains(uid.as_str()) && a.since.elapsed() < ASSUME_FOR);
     for a in assumed.values() {
         snapshot.assume(&a.node, &a.request);
     }
     let mut pending: Vec<&Object> = waiting
-        .into_values()
+        .iter()
         .filter(|v| !assumed.contains_key(&v.metadata.uid))
         .collect();
     pending.sort_by(|a, b| {
@@ -274,7 +282,8 @@ mod tests {
         vmis: &[Object],
         assumed: &mut HashMap<String, Assumed>,
     ) -> Vec<(String, String)> {
-        plan(nodes, vmis, assumed)
+        let waiting = vmis.iter().filter(|v| unbound(v)).cloned().collect();
+        plan(Snapshot::from_objects(nodes, vmis), waiting, assumed)
             .into_iter()
             .map(|(v, _, d)| {
                 let what = match d {

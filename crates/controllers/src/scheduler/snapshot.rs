@@ -197,7 +197,15 @@ pub fn migration_target(vmi: &Object) -> Option<&str> {
 impl Snapshot {
     /// The snapshot of these Node and VirtualMachineInstance objects.
     pub fn from_objects(nodes: &[Object], vmis: &[Object]) -> Self {
-        let mut facts: Vec<NodeFacts> = nodes.iter().map(NodeFacts::from_node).collect();
+        let mut snapshot = Self::with_nodes(nodes.iter().map(NodeFacts::from_node).collect());
+        for vmi in vmis {
+            snapshot.add_vmi(vmi);
+        }
+        snapshot
+    }
+
+    /// A snapshot of these nodes with nothing placed yet; [`Snapshot::add_vmi`] adds instances.
+    pub fn with_nodes(mut facts: Vec<NodeFacts>) -> Self {
         facts.sort_by(|a, b| a.name.cmp(&b.name));
         let mut snapshot = Snapshot::default();
         let mut zones: HashMap<String, u32> = HashMap::new();
@@ -208,6 +216,7 @@ impl Snapshot {
                 snapshot.zones.push(zone);
                 next
             });
+            node.label_ids.clear();
             for (k, v) in &node.labels {
                 let next = snapshot.label_pairs.len() as u32;
                 let id = *snapshot
@@ -220,33 +229,40 @@ impl Snapshot {
             snapshot.by_name.insert(node.name.clone(), i as u32);
             snapshot.nodes.push(node);
         }
-        for vmi in vmis.iter().filter(|v| !finished(v)) {
-            let bound = vmi.status()["nodeName"].as_str().unwrap_or("");
-            let target = migration_target(vmi);
-            if bound.is_empty() && target.is_none() {
-                continue;
-            }
-            let requests = super::request::vmi_requests(vmi.spec());
-            if let Some(&node) = snapshot.by_name.get(bound) {
-                let anti = vmi.spec()["affinity"]["podAntiAffinity"]
-                    ["requiredDuringSchedulingIgnoredDuringExecution"]
-                    .as_array()
-                    .filter(|terms| !terms.is_empty())
-                    .and_then(|terms| serde_json::from_value(Value::Array(terms.clone())).ok());
-                snapshot.add_placed(
-                    node,
-                    &vmi.metadata.uid,
-                    &vmi.metadata.namespace,
-                    &vmi.metadata.labels,
-                    &requests,
-                    anti,
-                );
-            }
-            if let Some(&node) = target.and_then(|t| snapshot.by_name.get(t)) {
-                snapshot.reserve(node, &requests);
-            }
-        }
         snapshot
+    }
+
+    /// Accounts an instance as the cluster shows it: bound and unfinished, it uses its node's
+    /// resources and counts for VM affinity and spreading; migrating, it also reserves its
+    /// target's resources. Others (unbound, finished, on unknown nodes) change nothing.
+    pub fn add_vmi(&mut self, vmi: &Object) {
+        if finished(vmi) {
+            return;
+        }
+        let bound = vmi.status()["nodeName"].as_str().unwrap_or("");
+        let target = migration_target(vmi);
+        if bound.is_empty() && target.is_none() {
+            return;
+        }
+        let requests = super::request::vmi_requests(vmi.spec());
+        if let Some(&node) = self.by_name.get(bound) {
+            let anti = vmi.spec()["affinity"]["podAntiAffinity"]
+                ["requiredDuringSchedulingIgnoredDuringExecution"]
+                .as_array()
+                .filter(|terms| !terms.is_empty())
+                .and_then(|terms| serde_json::from_value(Value::Array(terms.clone())).ok());
+            self.add_placed(
+                node,
+                &vmi.metadata.uid,
+                &vmi.metadata.namespace,
+                &vmi.metadata.labels,
+                &requests,
+                anti,
+            );
+        }
+        if let Some(&node) = target.and_then(|t| self.by_name.get(t)) {
+            self.reserve(node, &requests);
+        }
     }
 
     fn reserve(&mut self, node: u32, requests: &Requests) {
