@@ -17,7 +17,7 @@
 use crate::runner::{mac_for, AGENT_FINALIZER};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -412,7 +412,8 @@ impl Sim {
             actionable,
         );
         let mine: HashSet<String> = self.names.iter().cloned().collect();
-        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        // Steps started or done, until the cache shows them taken: each is written once.
+        let taken: Arc<Mutex<HashMap<String, Step>>> = Arc::default();
         loop {
             tokio::select! {
                 _ = changed.notified() => {}
@@ -428,24 +429,29 @@ impl Sim {
                     .is_some_and(|n| mine.contains(n))
                     && next_step(v) != Step::Nothing
             });
-            for vmi in to_do {
-                let step = next_step(&vmi);
-                if !in_flight
-                    .lock()
-                    .expect("in-flight lock")
-                    .insert(vmi.metadata.uid.clone())
-                {
+            let pending: HashMap<&str, Step> = to_do
+                .iter()
+                .map(|v| (v.metadata.uid.as_str(), next_step(v)))
+                .collect();
+            taken
+                .lock()
+                .expect("taken lock")
+                .retain(|uid, step| pending.get(uid.as_str()) == Some(step));
+            for vmi in &to_do {
+                let step = next_step(vmi);
+                let uid = vmi.metadata.uid.clone();
+                if taken.lock().expect("taken lock").insert(uid.clone(), step) == Some(step) {
                     continue;
                 }
-                let (sim, in_flight) = (self.clone(), in_flight.clone());
+                let (sim, taken, vmi) = (self.clone(), taken.clone(), vmi.clone());
                 tokio::spawn(async move {
-                    let uid = vmi.metadata.uid.clone();
                     if let Err(e) = sim.take(&vmi, step).await {
                         if !e.is_conflict() && !e.is_not_found() {
                             tracing::warn!(vmi = %vmi.display_name(), ?step, error = %e, "simulated step failed");
                         }
+                        // Not taken: the next pass decides again.
+                        taken.lock().expect("taken lock").remove(&uid);
                     }
-                    in_flight.lock().expect("in-flight lock").remove(&uid);
                 });
             }
         }
