@@ -63,18 +63,17 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
         migration_kind: resolve("vmim"),
         client: client.clone(),
     };
-    let start = |kind| {
-        informer::start(
-            client.clone(),
-            kind,
-            changed.clone(),
-            informer::every_change,
-        )
-    };
-    let migrations = start(controller.migration_kind);
-    let vmis = start(controller.vmi_kind);
-    let nodes = start(resolve("nodes"));
-    let settings = start(resolve("clustersettings"));
+    let start = |kind, relevant| informer::start(client.clone(), kind, changed.clone(), relevant);
+    let migrations = start(controller.migration_kind, informer::every_change);
+    // Only instances with a migration wake the controller; nodes and settings are read when it
+    // runs (a lost node is noticed on the periodic pass), so a busy cluster does not keep it awake.
+    let vmis = start(controller.vmi_kind, |_, o| {
+        o.body
+            .get("status")
+            .is_some_and(|s| s.get("migrationState").is_some())
+    });
+    let nodes = start(resolve("nodes"), |_, _| false);
+    let settings = start(resolve("clustersettings"), |_, _| false);
     loop {
         tokio::select! {
             _ = changed.notified() => {}
@@ -192,6 +191,17 @@ pub fn choose_target(
 
 impl Controller {
     async fn pass(&self, migrations: &Cache, vmis: &Cache, nodes: &Cache, settings: &Cache) {
+        // Finished migrations need nothing: with none in progress nothing else is read.
+        let mut list = migrations.select(|m| {
+            m.metadata.deletion_timestamp.is_some()
+                || !matches!(
+                    m.status()["phase"].as_str(),
+                    Some(phase::SUCCEEDED | phase::FAILED)
+                )
+        });
+        if list.is_empty() {
+            return;
+        }
         let config = configuration(settings);
         let mut vmi_list = vmis.list();
         let node_list = nodes.list();
@@ -202,7 +212,6 @@ impl Controller {
                 *in_flight.outbound.entry(state.source_node).or_default() += 1;
             }
         }
-        let mut list = migrations.list();
         // First come, first served.
         list.sort_by(|a, b| {
             (&a.metadata.creation_timestamp, &a.metadata.name)
