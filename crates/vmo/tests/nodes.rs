@@ -18,7 +18,17 @@ fn vmo() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vmo"))
 }
 
-fn spawn_agent(up: &VmoProcess, dir: &Path, name: &str, zone: &str) -> Child {
+/// An agent process, killed when the test ends, passing or failing.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_agent(up: &VmoProcess, dir: &Path, name: &str, zone: &str) -> Agent {
     Command::new(vmo())
         .args([
             "agent",
@@ -39,6 +49,7 @@ fn spawn_agent(up: &VmoProcess, dir: &Path, name: &str, zone: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Agent)
         .expect("spawn vmo agent")
 }
 
@@ -76,7 +87,7 @@ async fn agents_register_heartbeat_and_are_marked_unreachable_when_killed() {
     .await;
     let client = up.client();
     let mut a1 = spawn_agent(&up, dir.path(), "n1", "zone-a");
-    let mut a2 = spawn_agent(&up, dir.path(), "n2", "zone-b");
+    let a2 = spawn_agent(&up, dir.path(), "n2", "zone-b");
     for name in ["local", "n1", "n2"] {
         let n = wait_for(&format!("node {name} Ready"), WAIT, || async {
             node(&client, name)
@@ -158,8 +169,8 @@ async fn agents_register_heartbeat_and_are_marked_unreachable_when_killed() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
 
     // kill -9 of n1: Unknown and tainted after the grace period; n2 stays Ready.
-    a1.kill().unwrap();
-    a1.wait().unwrap();
+    a1.0.kill().unwrap();
+    a1.0.wait().unwrap();
     let lost = wait_for("n1 unreachable", WAIT, || async {
         node(&client, "n1").await.filter(|n| {
             node_condition(n, "Ready").as_deref() == Some("Unknown") && unreachable_taints(n) == 2
@@ -175,17 +186,14 @@ async fn agents_register_heartbeat_and_are_marked_unreachable_when_killed() {
         Some("True")
     );
     // Restarted, it is Ready again and untainted.
-    let mut a1 = spawn_agent(&up, dir.path(), "n1", "zone-a");
+    let a1 = spawn_agent(&up, dir.path(), "n1", "zone-a");
     wait_for("n1 back", WAIT, || async {
         node(&client, "n1").await.filter(|n| {
             node_condition(n, "Ready").as_deref() == Some("True") && unreachable_taints(n) == 0
         })
     })
     .await;
-    for agent in [&mut a1, &mut a2] {
-        let _ = agent.kill();
-        let _ = agent.wait();
-    }
+    drop((a1, a2));
     // Agents killed while probing the accelerator leave no probe QEMU behind.
     let probes = dir.path().display().to_string();
     wait_for("no probe QEMU left", WAIT, || async {
