@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use vmo_api::kinds::coordination::NODE_LEASE_NAMESPACE;
 use vmo_api::kinds::core::{node_condition, MACHINE_POOL_LABEL, ZONE_LABEL};
+use vmo_api::kinds::migration::MigrationState;
 use vmo_api::meta::{now_rfc3339, now_rfc3339_micros};
 use vmo_api::{KindInfo, Object, Registry};
 use vmo_client::informer::{self, Cache};
@@ -56,6 +57,8 @@ pub struct SimConfig {
     pub heartbeat_interval: Duration,
     /// How long a Lease is valid without renewal.
     pub lease_duration: Duration,
+    /// How long a simulated live migration copies before it completes.
+    pub migration_time: Duration,
 }
 
 impl SimConfig {
@@ -74,6 +77,7 @@ impl SimConfig {
             labels: BTreeMap::new(),
             heartbeat_interval: Duration::from_secs(10),
             lease_duration: Duration::from_secs(40),
+            migration_time: Duration::from_millis(500),
         }
     }
 
@@ -108,8 +112,50 @@ pub enum Step {
     Run,
     /// It was deleted: remove the agent finalizer (no guest to stop).
     Release,
+    /// Migration target: say where it "listens".
+    Listen,
+    /// Migration source, the target ready: start "copying".
+    Send,
+    /// Migration source, copying: complete after `migration_time` and hand the instance over.
+    Complete,
+    /// Migration source, the migration object deleted: cancel.
+    Abort,
     /// Nothing to do.
     Nothing,
+}
+
+/// The next step of a live migration of `vmi` from or to a node `mine` says is simulated here;
+/// the same protocol as the real agents (`vmo_api::kinds::migration`), with no QEMU.
+pub fn migration_step(vmi: &Object, mine: impl Fn(&str) -> bool) -> Step {
+    let Some(s) = MigrationState::of(vmi).filter(MigrationState::active) else {
+        return Step::Nothing;
+    };
+    if mine(&s.target_node) && s.target_node_address.is_none() {
+        return Step::Listen;
+    }
+    if !mine(&s.source_node) || vmi.status()["nodeName"].as_str() != Some(&s.source_node) {
+        return Step::Nothing;
+    }
+    match (
+        s.abort_requested,
+        &s.target_node_address,
+        &s.start_timestamp,
+    ) {
+        (true, _, _) => Step::Abort,
+        (false, Some(_), None) => Step::Send,
+        (false, Some(_), Some(_)) => Step::Complete,
+        _ => Step::Nothing,
+    }
+}
+
+/// The step for `vmi` on the simulator's nodes (`mine`): its own node's, else a migration's.
+fn step_for(vmi: &Object, mine: impl Fn(&str) -> bool) -> Step {
+    let bound_here = vmi.status()["nodeName"].as_str().is_some_and(&mine);
+    match next_step(vmi) {
+        Step::Nothing => migration_step(vmi, mine),
+        step if bound_here => step,
+        _ => migration_step(vmi, mine),
+    }
 }
 
 /// The next step for `vmi`, bound to one of the simulator's nodes. (Migration, when simulated,
@@ -135,7 +181,7 @@ fn actionable(_: &str, vmi: &Object) -> bool {
     vmi.status()["nodeName"]
         .as_str()
         .is_some_and(|n| !n.is_empty())
-        && next_step(vmi) != Step::Nothing
+        && step_for(vmi, |_| true) != Step::Nothing
 }
 
 struct Sim {
@@ -423,22 +469,18 @@ impl Sim {
                 continue;
             }
             // Only instances with something to do are copied out of the cache.
-            let to_do = vmis.select(|v| {
-                v.status()["nodeName"]
-                    .as_str()
-                    .is_some_and(|n| mine.contains(n))
-                    && next_step(v) != Step::Nothing
-            });
+            let is_mine = |n: &str| mine.contains(n);
+            let to_do = vmis.select(|v| step_for(v, is_mine) != Step::Nothing);
             let pending: HashMap<&str, Step> = to_do
                 .iter()
-                .map(|v| (v.metadata.uid.as_str(), next_step(v)))
+                .map(|v| (v.metadata.uid.as_str(), step_for(v, is_mine)))
                 .collect();
             taken
                 .lock()
                 .expect("taken lock")
                 .retain(|uid, step| pending.get(uid.as_str()) == Some(step));
             for vmi in &to_do {
-                let step = next_step(vmi);
+                let step = step_for(vmi, is_mine);
                 let uid = vmi.metadata.uid.clone();
                 if taken.lock().expect("taken lock").insert(uid.clone(), step) == Some(step) {
                     continue;
@@ -459,10 +501,68 @@ impl Sim {
 
     /// Carries out `step` for `vmi`.
     async fn take(&self, vmi: &Object, step: Step) -> Result<(), ClientError> {
+        if step == Step::Complete {
+            tokio::time::sleep(self.config.migration_time).await;
+        }
         let _permit = self.writes.acquire().await;
         let (namespace, name) = (&vmi.metadata.namespace, &vmi.metadata.name);
+        let migration = |fields: Value, extra: Value| {
+            let mut status = json!({ "migrationState": fields });
+            if let (Some(s), Value::Object(extra)) = (status.as_object_mut(), extra) {
+                s.extend(extra);
+            }
+            let patch = json!({ "status": status });
+            async move {
+                self.client
+                    .merge_patch(
+                        &self.vmi_kind,
+                        namespace,
+                        name,
+                        Some("status"),
+                        &patch,
+                        "vmo-sim-agent",
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        };
+        let state = MigrationState::of(vmi).unwrap_or_default();
         match step {
             Step::Nothing => Ok(()),
+            Step::Listen => {
+                migration(
+                    json!({"targetNodeAddress": format!("{}.sim", state.target_node),
+                                 "targetDirectMigrationNodePorts": {"1": 0}}),
+                    json!({}),
+                )
+                .await
+            }
+            Step::Send => migration(json!({"startTimestamp": now_rfc3339()}), json!({})).await,
+            Step::Abort => migration(
+                json!({"failed": true, "abortStatus": "Succeeded", "endTimestamp": now_rfc3339(),
+                                 "failureReason": "cancelled: the migration object was deleted"}),
+                json!({}),
+            )
+            .await,
+            Step::Complete => {
+                // Cancelled while "copying"?
+                let fresh = self.client.get(&self.vmi_kind, namespace, name).await?;
+                if MigrationState::of(&fresh).is_some_and(|s| s.abort_requested) {
+                    return Ok(()); // the next pass aborts
+                }
+                let bytes =
+                    serde_json::from_value::<vmo_api::kinds::kubevirt::VmiSpec>(vmi.spec().clone())
+                        .ok()
+                        .and_then(|s| s.guest_memory_bytes().ok())
+                        .unwrap_or(0);
+                migration(
+                    json!({"completed": true, "endTimestamp": now_rfc3339(), "downtimeMilliseconds": 0,
+                           "transferredBytes": bytes,
+                           "migrationMilliseconds": self.config.migration_time.as_millis() as u64}),
+                    json!({"nodeName": state.target_node}),
+                )
+                .await
+            }
             Step::Release => {
                 let finalizers: Vec<&String> = vmi
                     .metadata
@@ -568,6 +668,31 @@ mod tests {
         assert_eq!(next_step(&vmi("Succeeded", true, false)), Step::Nothing);
         assert_eq!(next_step(&vmi("Running", true, true)), Step::Release);
         assert_eq!(next_step(&vmi("Scheduled", false, true)), Step::Nothing);
+    }
+
+    #[test]
+    fn migrations_step_through_the_agents_protocol() {
+        let mut o = vmi("Running", true, false);
+        let mine = |n: &str| n.starts_with("sim-");
+        let mut set = |state: Value| {
+            o.body.get_mut("status").unwrap()["migrationState"] = state;
+            migration_step(&o, mine)
+        };
+        let base = json!({"migrationUid": "m", "sourceNode": "sim-0", "targetNode": "sim-1"});
+        assert_eq!(set(base.clone()), Step::Listen);
+        let mut ready = base.clone();
+        ready["targetNodeAddress"] = json!("sim-1.sim");
+        assert_eq!(set(ready.clone()), Step::Send);
+        ready["startTimestamp"] = json!("2026-11-24T00:00:00Z");
+        assert_eq!(set(ready.clone()), Step::Complete);
+        ready["abortRequested"] = json!(true);
+        assert_eq!(set(ready.clone()), Step::Abort);
+        ready["failed"] = json!(true);
+        assert_eq!(set(ready), Step::Nothing);
+        // A target on another simulator, or a source that is not this one: not ours.
+        let elsewhere =
+            json!({"migrationUid": "m", "sourceNode": "real-0", "targetNode": "real-1"});
+        assert_eq!(set(elsewhere), Step::Nothing);
     }
 
     #[test]
