@@ -216,34 +216,43 @@ async fn drain(client: &Client, args: DrainArgs) -> anyhow::Result<()> {
     println!("node/{node} cordoned");
     let registry = Registry::builtin();
     let vmi_kind = *registry.resolve("vmi").expect("registered");
-    let mut migrations = Vec::new();
-    for e in &plan {
-        let (ns, name) = (&e.vmi.metadata.namespace, &e.vmi.metadata.name);
-        match &e.plan {
-            Plan::Migrate { .. } => {
-                let m = create_migration(client, ns, name, None).await?;
-                println!(
-                    "{}: migrating (migration {})",
-                    e.vmi.display_name(),
-                    m.metadata.name
-                );
-                migrations.push((ns.clone(), m.metadata.name.clone(), e.vmi.display_name()));
-            }
-            Plan::Stop { why } => {
-                match client.delete(&vmi_kind, ns, name, "Background").await {
-                    Err(e) if !e.is_not_found() => return Err(e.into()),
-                    _ => {}
-                }
-                println!("{}: shutting down ({why})", e.vmi.display_name());
-            }
-            Plan::Leave { why } => println!("{}: left running ({why})", e.vmi.display_name()),
-            Plan::Blocked { .. } => unreachable!("refused above"),
-        }
-    }
     let migration_kind = *registry.resolve("vmim").expect("registered");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+    let mut migrations = Vec::new();
+    let mut handled: BTreeMap<String, bool> = BTreeMap::new(); // uid -> left running on purpose
     let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    let mut todo = plan;
     loop {
+        for e in todo.drain(..) {
+            let (ns, name) = (&e.vmi.metadata.namespace, &e.vmi.metadata.name);
+            handled.insert(
+                e.vmi.metadata.uid.clone(),
+                matches!(e.plan, Plan::Leave { .. }),
+            );
+            match &e.plan {
+                Plan::Migrate { .. } => {
+                    let m = create_migration(client, ns, name, None).await?;
+                    println!(
+                        "{}: migrating (migration {})",
+                        e.vmi.display_name(),
+                        m.metadata.name
+                    );
+                    migrations.push((ns.clone(), m.metadata.name.clone(), e.vmi.display_name()));
+                }
+                Plan::Stop { why } => {
+                    match client.delete(&vmi_kind, ns, name, "Background").await {
+                        Err(e) if !e.is_not_found() => return Err(e.into()),
+                        _ => {}
+                    }
+                    println!("{}: shutting down ({why})", e.vmi.display_name());
+                }
+                Plan::Leave { why } => println!("{}: left running ({why})", e.vmi.display_name()),
+                Plan::Blocked { .. } => bail!(
+                    "node {node} stays cordoned; a VM placed there meanwhile cannot move:\n{}",
+                    describe(&e)
+                ),
+            }
+        }
         for (ns, m, vm) in &migrations {
             let Ok(obj) = client.get(&migration_kind, ns, m).await else {
                 continue;
@@ -257,38 +266,36 @@ async fn drain(client: &Client, args: DrainArgs) -> anyhow::Result<()> {
                 reported.insert(m.clone(), p);
             }
         }
-        let left: Vec<Object> = client
-            .list(&vmi_kind, None, "")
-            .await?
-            .items
-            .into_iter()
-            .filter(|v| on_node(v, node))
-            .collect();
-        let left_expected = plan
-            .iter()
-            .filter(|e| matches!(e.plan, Plan::Leave { .. }))
-            .count();
-        let failed: Vec<&String> = reported
+        let failed: Vec<&str> = reported
             .iter()
             .filter(|(_, p)| *p == phase::FAILED)
-            .map(|(m, _)| m)
+            .map(|(m, _)| m.as_str())
             .collect();
         if !failed.is_empty() {
             bail!(
                 "node {node} stays cordoned; migration(s) failed: {}",
-                failed
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                failed.join(", ")
             );
         }
-        if left.len() <= left_expected {
+        let (nodes, vmis, settings) = load(client).await?;
+        // A VM placed here just before the cordon took effect is drained like the others.
+        todo = plan_drain(node, &nodes, &vmis, &settings)
+            .into_iter()
+            .filter(|e| !handled.contains_key(&e.vmi.metadata.uid))
+            .collect();
+        if !todo.is_empty() {
+            continue;
+        }
+        let left: Vec<&Object> = vmis
+            .iter()
+            .filter(|v| on_node(v, node) && handled.get(&v.metadata.uid) != Some(&true))
+            .collect();
+        if left.is_empty() {
             println!("node/{node} drained");
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            let names: Vec<String> = left.iter().map(Object::display_name).collect();
+            let names: Vec<String> = left.iter().map(|v| v.display_name()).collect();
             bail!(
                 "node {node} still runs {} after {}s: {}",
                 names.len(),
