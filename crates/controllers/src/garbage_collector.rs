@@ -39,9 +39,15 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
     }
 }
 
-/// The collector acts on dependents, on owners being deleted, and when anything disappears.
+/// The collector wakes when anything disappears, a dependent appears, or a deletion starts. A
+/// dependent's other updates (a lease renewal, an instance's status) do not wake it: with hundreds of
+/// nodes they meant a pass per renewal; an owner reference edited later is seen by the periodic pass.
 fn relevant(event: &str, o: &Object) -> bool {
-    event == "DELETED" || involved(o)
+    match event {
+        "DELETED" => true,
+        "ADDED" => involved(o),
+        _ => o.metadata.deletion_timestamp.is_some(),
+    }
 }
 
 /// Objects a pass looks at: dependents and objects being deleted.
