@@ -170,15 +170,7 @@ impl Runner {
             Err(e) => {
                 migrate::abandon_mirrors(&qemu.qmp, &out.mirrors).await;
                 let why = format!("could not start the migration: {e}");
-                self.report_migration(
-                    vmi,
-                    json!({"failed": true, "failureReason": why, "endTimestamp": now_rfc3339()}),
-                    json!({}),
-                )
-                .await;
-                self.events
-                    .record(vmi, EventType::Warning, "MigrationFailed", &why)
-                    .await;
+                self.report_failure(vmi, &why, false, &why).await;
             }
         }
     }
@@ -327,18 +319,25 @@ impl Runner {
             return;
         };
         migrate::abandon_mirrors(&qemu.qmp, &out.mirrors).await;
-        let mut fields =
-            json!({"failed": true, "failureReason": why, "endTimestamp": now_rfc3339()});
-        if out.aborted_on_request {
-            fields["abortStatus"] = json!("Succeeded");
-        }
-        self.report_migration(vmi, fields, json!({})).await;
         let message = format!(
             "Live migration to {} failed: {why}; the guest keeps running here",
             out.target
         );
+        self.report_failure(vmi, why, out.aborted_on_request, &message)
+            .await;
+    }
+
+    /// Reports the migration failed for `why` (`aborted`: cancelled on request) with a
+    /// `MigrationFailed` event saying `message`.
+    async fn report_failure(&self, vmi: &Object, why: &str, aborted: bool, message: &str) {
+        let mut fields =
+            json!({"failed": true, "failureReason": why, "endTimestamp": now_rfc3339()});
+        if aborted {
+            fields["abortStatus"] = json!("Succeeded");
+        }
+        self.report_migration(vmi, fields, json!({})).await;
         self.events
-            .record(vmi, EventType::Warning, "MigrationFailed", &message)
+            .record(vmi, EventType::Warning, "MigrationFailed", message)
             .await;
     }
 
@@ -428,17 +427,7 @@ impl Runner {
         run_dir: &Path,
     ) -> Option<QemuProcess> {
         let name = vmi.display_name();
-        let failed = |why: String| async move {
-            self.report_migration(
-                vmi,
-                json!({"failed": true, "failureReason": why, "endTimestamp": now_rfc3339()}),
-                json!({}),
-            )
-            .await;
-            self.events
-                .record(vmi, EventType::Warning, "MigrationFailed", &why)
-                .await;
-        };
+        let failed = |why: String| async move { self.report_failure(vmi, &why, false, &why).await };
         if let Err(e) = std::fs::create_dir_all(run_dir) {
             failed(format!(
                 "target {}: run directory: {e}",

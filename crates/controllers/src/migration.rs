@@ -295,17 +295,7 @@ impl Controller {
         if !has_finalizer {
             let mut finalizers = m.metadata.finalizers.clone();
             finalizers.push(MIGRATION_FINALIZER.into());
-            let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": m.metadata.resource_version}});
-            let _ = self
-                .client
-                .merge_patch(
-                    &self.migration_kind,
-                    &m.metadata.namespace,
-                    &m.metadata.name,
-                    None,
-                    &patch,
-                    "vmo-migration-controller",
-                )
+            self.set_finalizers(m, finalizers, Some(&m.metadata.resource_version))
                 .await;
             return None;
         }
@@ -513,13 +503,23 @@ impl Controller {
     }
 
     async fn release(&self, m: &Object) {
-        let finalizers: Vec<&String> = m
+        let finalizers: Vec<String> = m
             .metadata
             .finalizers
             .iter()
             .filter(|f| *f != MIGRATION_FINALIZER)
+            .cloned()
             .collect();
-        let patch = json!({"metadata": {"finalizers": finalizers}});
+        self.set_finalizers(m, finalizers, None).await;
+    }
+
+    /// Writes the migration's finalizers, conditional on `version` when given (a failed write is
+    /// retried by the next pass).
+    async fn set_finalizers(&self, m: &Object, finalizers: Vec<String>, version: Option<&str>) {
+        let mut patch = json!({"metadata": {"finalizers": finalizers}});
+        if let Some(v) = version {
+            patch["metadata"]["resourceVersion"] = json!(v);
+        }
         let _ = self
             .client
             .merge_patch(

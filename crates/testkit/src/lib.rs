@@ -519,3 +519,14 @@ pub fn process_alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The test guest's kernel for `-kernel`: the uncompressed `vmlinux` when the build made one (it
+/// skips about 5 s of in-guest decompression under TCG), else `vmlinuz`.
+pub fn guest_kernel(guest: &Path) -> PathBuf {
+    let vmlinux = guest.join("vmlinux");
+    if vmlinux.exists() {
+        vmlinux
+    } else {
+        guest.join("vmlinuz")
+    }
+}

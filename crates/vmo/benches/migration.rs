@@ -8,7 +8,7 @@
 //! Run: `cargo bench -p vmo-vmo --bench migration` (VMO_BENCH_RUNS repetitions, default 3;
 //! VMO_BENCH_DRAIN_VMS, default 6).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use vmo_agent::qmp::Qmp;
 use vmo_api::kinds::migration::MigrationState;
@@ -24,14 +24,7 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn kernel(guest: &Path) -> PathBuf {
-    let v = guest.join("vmlinux");
-    if v.exists() {
-        v
-    } else {
-        guest.join("vmlinuz")
-    }
-}
+use vmo_testkit::guest_kernel as kernel;
 
 fn kernel_args(dirty: u32) -> String {
     format!("console=ttyS0 quiet no_timer_check vmo.netwait=0 vmo.dirty={dirty} vmo.dirtybuf=64")

@@ -20,11 +20,7 @@ fn vmo() -> &'static Path {
 
 /// A VM whose guest counts on its console and dirties `dirty` MiB/s, with a disk in the shared pool.
 fn manifest(name: &str, guest: &Path, pool: &Path, dirty: u32) -> String {
-    let kernel = if guest.join("vmlinux").exists() {
-        "vmlinux"
-    } else {
-        "vmlinuz"
-    };
+    let kernel = vmo_testkit::guest_kernel(guest);
     format!(
         r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachine
@@ -45,7 +41,7 @@ spec:
           kernelBoot:
             kernelArgs: console=ttyS0 quiet no_timer_check vmo.netwait=0 vmo.tick=1 vmo.dirty={dirty} vmo.dirtybuf=48
             container:
-              kernelPath: {g}/{kernel}
+              kernelPath: {k}
               initrdPath: {g}/initrd.img
         devices:
           disks:
@@ -66,6 +62,7 @@ spec:
               echo VMO-E2E-USERDATA {name}
 "#,
         g = guest.display(),
+        k = kernel.display(),
         pool = pool.display()
     )
 }
@@ -419,11 +416,7 @@ async fn a_failed_or_cancelled_migration_leaves_the_vm_running_on_its_source() {
 /// A VM whose only writable disk is node-local (`emptyDisk`); its guest writes a marker at boot and
 /// a counter every second.
 fn local_disk_manifest(name: &str, guest: &Path, eviction: &str) -> String {
-    let kernel = if guest.join("vmlinux").exists() {
-        "vmlinux"
-    } else {
-        "vmlinuz"
-    };
+    let kernel = vmo_testkit::guest_kernel(guest);
     format!(
         r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachine
@@ -442,7 +435,7 @@ spec:
           kernelBoot:
             kernelArgs: console=ttyS0 quiet no_timer_check vmo.netwait=0 vmo.tick=1
             container:
-              kernelPath: {g}/{kernel}
+              kernelPath: {k}
               initrdPath: {g}/initrd.img
         devices:
           disks:
@@ -462,7 +455,8 @@ spec:
               (n=0; while :; do n=$((n + 1)); echo "disk-tick $n" | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; sleep 1; done) &
               echo VMO-E2E-WROTE
 "#,
-        g = guest.display()
+        g = guest.display(),
+        k = kernel.display()
     )
 }
 

@@ -21,11 +21,7 @@ fn vmo() -> &'static Path {
 }
 
 fn manifest(name: &str, guest: &Path, strategy: &str) -> String {
-    let kernel = if guest.join("vmlinux").exists() {
-        "vmlinux"
-    } else {
-        "vmlinuz"
-    };
+    let kernel = vmo_testkit::guest_kernel(guest);
     format!(
         r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachine
@@ -43,7 +39,7 @@ spec:
           kernelBoot:
             kernelArgs: console=ttyS0 quiet no_timer_check vmo.netwait=0
             container:
-              kernelPath: {g}/{kernel}
+              kernelPath: {k}
               initrdPath: {g}/initrd.img
         devices:
           disks:
@@ -56,7 +52,8 @@ spec:
               #!/bin/sh
               echo VMO-E2E-USERDATA {name}
 "#,
-        g = guest.display()
+        g = guest.display(),
+        k = kernel.display()
     )
 }
 

@@ -12,7 +12,7 @@
 mod libvirt;
 
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use vmo_agent::vm::plan::{Accel, Firmware, LaunchPlan};
 use vmo_agent::vm::process;
@@ -59,13 +59,7 @@ async fn sorted_pairs(
     (running, marker)
 }
 
-fn kernel(guest: &Path) -> PathBuf {
-    if guest.join("vmlinux").exists() {
-        guest.join("vmlinux")
-    } else {
-        guest.join("vmlinuz")
-    }
-}
+use vmo_testkit::guest_kernel as kernel;
 
 fn vm(name: &str, guest: &Path) -> serde_json::Value {
     json!({
