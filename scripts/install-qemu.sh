@@ -24,12 +24,12 @@ BACKPORTS_FILE=/etc/apt/sources.list.d/bookworm-backports.list
 #   extlinux + syslinux-common: BIOS boot loader and its MBR; fdisk (sfdisk): partition table
 #   dosfstools + mtools: the vfat NoCloud seed; genisoimage: iso9660 seed; socat: QMP from shell
 TOOLS=(ovmf busybox-static kmod cpio e2fsprogs extlinux syslinux-common fdisk dosfstools mtools
-       genisoimage socat zstd xz-utils)
+       genisoimage socat zstd xz-utils procps)
 # command -> package, to decide whether anything is missing without asking apt.
 declare -A TOOL_CMD=(
     [kmod]=depmod [cpio]=cpio [e2fsprogs]=mkfs.ext4 [extlinux]=extlinux [fdisk]=sfdisk
     [dosfstools]=mkfs.vfat [mtools]=mcopy [genisoimage]=genisoimage [socat]=socat [zstd]=zstd
-    [xz-utils]=xz
+    [xz-utils]=xz [procps]=pgrep
 )
 
 qemu_major() {
