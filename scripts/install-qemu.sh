@@ -23,13 +23,14 @@ BACKPORTS_FILE=/etc/apt/sources.list.d/bookworm-backports.list
 #   kmod: depmod/modprobe to compute module load order; cpio: initramfs; e2fsprogs: ext4 partition
 #   extlinux + syslinux-common: BIOS boot loader and its MBR; fdisk (sfdisk): partition table
 #   dosfstools + mtools: the vfat NoCloud seed; genisoimage: iso9660 seed; socat: QMP from shell
+#   iproute2 (ip): the agent's host addresses, and the network namespaces tests run nodes in
 TOOLS=(ovmf busybox-static kmod cpio e2fsprogs extlinux syslinux-common fdisk dosfstools mtools
-       genisoimage socat zstd xz-utils procps)
+       genisoimage socat zstd xz-utils procps iproute2)
 # command -> package, to decide whether anything is missing without asking apt.
 declare -A TOOL_CMD=(
     [kmod]=depmod [cpio]=cpio [e2fsprogs]=mkfs.ext4 [extlinux]=extlinux [fdisk]=sfdisk
     [dosfstools]=mkfs.vfat [mtools]=mcopy [genisoimage]=genisoimage [socat]=socat [zstd]=zstd
-    [xz-utils]=xz [procps]=pgrep
+    [xz-utils]=xz [procps]=pgrep [iproute2]=ip
 )
 
 qemu_major() {

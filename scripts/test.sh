@@ -32,6 +32,8 @@ echo "== QEMU and the test guest"
 ./scripts/install-qemu.sh
 VMO_TEST_GUEST=$(./scripts/guest/build.sh | tail -n 1)
 export VMO_TEST_GUEST VMO_REQUIRE_QEMU=1
+# As root, the tests that run nodes as separate hosts (network namespaces) must run, not skip.
+if [ "$(id -u)" -eq 0 ]; then export VMO_REQUIRE_NETNS=1; fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "== installing cargo-nextest"

@@ -123,7 +123,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         path: config.data_dir.clone(),
         source,
     })?;
-    let facts = tokio::task::spawn_blocking({
+    let mut facts = tokio::task::spawn_blocking({
         let qemu = config.qemu_binary.clone();
         move || HostFacts::gather(&qemu)
     })
@@ -161,6 +161,12 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
     } else {
         bound.ip().to_string()
     };
+    // Listening on one given address (a host with several, `--agent-listen 10.0.0.5:10250`), that
+    // address is the node's: the endpoint, the migrations it receives and the Node's InternalIP
+    // all name it, not whichever address the host lists first.
+    if !bound.ip().is_unspecified() && !bound.ip().is_loopback() {
+        facts.internal_ip = Some(host.clone());
+    }
     let advertised = node::AdvertisedEndpoint {
         url: format!(
             "https://{}",

@@ -2,7 +2,13 @@
 //! node, each with its own data directory, endpoint port and zone, all sharing one shared-pool
 //! directory. Agents can be killed (`kill -9`) and started again. Dropping the cluster stops every
 //! process, including the QEMUs its agents left running, so a failed test leaks nothing.
+//!
+//! By default everything shares 127.0.0.1. `Cluster::start_in_namespaces` gives each node a host
+//! of its own instead: its agent (and so its QEMUs) runs in a network namespace with its own
+//! address on a bridge ([`HostNetwork`]), and the control plane listens on the bridge's address,
+//! so agents, migrations and disk copies reach each other only over that network.
 
+use crate::netns::HostNetwork;
 use crate::{wait_for, VmoProcess};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +24,10 @@ pub struct AgentProcess {
     pub zone: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// The address the agent listens on and advertises (its endpoint, incoming migrations).
+    pub address: String,
+    /// The network namespace it runs in (`start_in_namespaces`).
+    pub netns: Option<String>,
     child: Option<Child>,
     binary: PathBuf,
     kubeconfig: PathBuf,
@@ -31,14 +41,20 @@ impl AgentProcess {
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let child = Command::new(&self.binary)
+        // `ip netns exec` enters the namespace and executes the agent in its own place, so the
+        // child is the agent itself.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .args(["agent", "--node-name", &self.name, "--zone", &self.zone])
-            .args([
-                "--heartbeat-interval",
-                "1s",
-                "--agent-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["--heartbeat-interval", "1s", "--agent-listen"])
+            .arg(format!("{}:0", self.address))
             .args(["--accel", "tcg", "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.extra)
@@ -79,22 +95,56 @@ pub struct Cluster {
     /// The directory every node shares (`--shared-pool`).
     pub shared_pool: PathBuf,
     root: PathBuf,
+    /// The hosts' network (`start_in_namespaces`); removed after every process has stopped.
+    pub network: Option<HostNetwork>,
 }
 
 impl Cluster {
-    /// Starts `vmo up --no-agent` and one agent per `(name, zone)` under `root`, and waits until
-    /// every node is Ready.
+    /// Starts `vmo up --no-agent` and one agent per `(name, zone)` under `root`, all on
+    /// 127.0.0.1, and waits until every node is Ready.
     pub async fn start(binary: &Path, root: &Path, nodes: &[(&str, &str)]) -> Self {
+        Self::launch(binary, root, nodes, None).await
+    }
+
+    /// Like `start`, with every node a host of its own: each agent runs in its own network
+    /// namespace and listens on that host's address (`10.77.N.11`, `.12`, ... in `nodes`' order),
+    /// and `vmo up` listens on the bridge's (`10.77.N.1`), which its kubeconfig names. `None`,
+    /// with `SKIPPED: needs root and network namespaces` printed, where namespaces cannot be made
+    /// (see [`HostNetwork::create_or_skip`]).
+    pub async fn start_in_namespaces(
+        binary: &Path,
+        root: &Path,
+        nodes: &[(&str, &str)],
+    ) -> Option<Self> {
+        let network = HostNetwork::create_or_skip(nodes.len())?;
+        Some(Self::launch(binary, root, nodes, Some(network)).await)
+    }
+
+    async fn launch(
+        binary: &Path,
+        root: &Path,
+        nodes: &[(&str, &str)],
+        network: Option<HostNetwork>,
+    ) -> Self {
         let shared_pool = root.join("shared");
         std::fs::create_dir_all(&shared_pool).expect("shared pool");
-        let up = VmoProcess::start_with_args(binary, &root.join("control"), &["--no-agent"]).await;
+        let listen = match &network {
+            Some(n) => format!("{}:0", n.gateway),
+            None => "127.0.0.1:0".into(),
+        };
+        let up =
+            VmoProcess::start_listening(binary, &root.join("control"), &listen, &["--no-agent"])
+                .await;
         let mut agents = Vec::new();
-        for (name, zone) in nodes {
+        for (i, (name, zone)) in nodes.iter().enumerate() {
+            let host = network.as_ref().map(|n| n.host(i));
             let mut agent = AgentProcess {
                 name: name.to_string(),
                 zone: zone.to_string(),
                 data_dir: root.join(name),
                 log: root.join(format!("{name}.log")),
+                address: host.map_or("127.0.0.1".into(), |h| h.address.clone()),
+                netns: host.map(|h| h.netns.clone()),
                 child: None,
                 binary: binary.to_path_buf(),
                 kubeconfig: up.kubeconfig.clone(),
@@ -108,6 +158,7 @@ impl Cluster {
             agents,
             shared_pool,
             root: root.to_path_buf(),
+            network,
         };
         for (name, _) in nodes {
             cluster.wait_node_ready(name).await;
@@ -125,6 +176,12 @@ impl Cluster {
             .iter_mut()
             .find(|a| a.name == name)
             .expect("no such agent")
+    }
+
+    /// The host of node `name` (`start_in_namespaces`).
+    pub fn host(&self, name: &str) -> Option<&crate::netns::NetHost> {
+        let i = self.agents.iter().position(|a| a.name == name)?;
+        self.network.as_ref().map(|n| n.host(i))
     }
 
     /// Waits until node `name` reports Ready.

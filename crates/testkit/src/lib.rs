@@ -3,7 +3,9 @@
 //! and prints where they are.
 
 pub mod cluster;
+pub mod netns;
 pub use cluster::{AgentProcess, Cluster};
+pub use netns::HostNetwork;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -191,7 +193,7 @@ impl Drop for TestServer {
     }
 }
 
-/// A real `vmo up` process on a loopback port.
+/// A real `vmo up` process on a loopback port (or on another address, `start_listening`).
 #[derive(Debug)]
 pub struct VmoProcess {
     child: Option<Child>,
@@ -209,6 +211,17 @@ impl VmoProcess {
 
     /// Like `start`, with extra arguments for `vmo up`.
     pub async fn start_with_args(binary: &Path, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_listening(binary, data_dir, "127.0.0.1:0", extra).await
+    }
+
+    /// Like `start_with_args`, serving the API on `listen` (`ADDRESS:0`: a free port there); the
+    /// kubeconfig names that address.
+    pub async fn start_listening(
+        binary: &Path,
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Self {
         let log = data_dir.with_extension(format!("log.{}", std::process::id()));
         let kubeconfig = data_dir.join("kubeconfig");
         let _ = std::fs::remove_file(&kubeconfig);
@@ -218,7 +231,7 @@ impl VmoProcess {
             .open(&log)
             .expect("log file");
         let child = Command::new(binary)
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["up", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("VMO_LOG", "info")

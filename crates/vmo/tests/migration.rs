@@ -2,6 +2,8 @@
 //! memory and counts on its serial console moves round robin over three nodes without its counter
 //! restarting, with its shared-pool disk; a migration whose target QEMU is killed mid-way leaves the
 //! VM running on its source with nothing left on the target; deleting a migration cancels it.
+//! One test runs each node as a host of its own (a network namespace with its own address), so
+//! the migration crosses a real network between two addresses.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -261,6 +263,112 @@ async fn a_dirtying_guest_migrates_round_robin_over_three_nodes() {
         .await
         .unwrap();
     assert_eq!(vm.status()["printableStatus"], "Running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dirtying_guest_migrates_between_hosts_with_their_own_addresses() {
+    let Some(guest) = test_guest() else { return };
+    let dir = KeptDir::new("vmo-migrate-netns-");
+    let Some(mut cluster) = Cluster::start_in_namespaces(
+        vmo(),
+        dir.path(),
+        &[("host-a", "zone-a"), ("host-b", "zone-b")],
+    )
+    .await
+    else {
+        return;
+    };
+    let client = cluster.client();
+    let address = |cluster: &Cluster, name: &str| cluster.host(name).unwrap().address.clone();
+    let (a, b) = (address(&cluster, "host-a"), address(&cluster, "host-b"));
+    assert_ne!(a, b);
+
+    // Each node shows its own host's address, and the server reaches each agent there.
+    let (ok, nodes, err) = cluster.up.cli(&["get", "nodes", "-o", "wide"]);
+    assert!(ok, "{err}");
+    for (name, addr) in [("host-a", &a), ("host-b", &b)] {
+        let line = nodes.lines().find(|l| l.starts_with(name)).unwrap_or("");
+        assert!(line.contains(addr.as_str()), "{name} at {addr}:\n{nodes}");
+        let health = client
+            .get_text(&format!("/api/v1/nodes/{name}/proxy/healthz"))
+            .await;
+        assert!(
+            health.is_ok(),
+            "{name}'s agent through the server: {health:?}"
+        );
+    }
+
+    // Its disk in the shared pool, and a node-local one that is copied to the target over NBD.
+    let pool = cluster.shared_pool.clone();
+    let vm = manifest("roamer", &guest, &pool, 16)
+        .replace(
+            "          disks:\n",
+            "          disks:\n            - name: scratch\n              disk: {bus: virtio}\n",
+        )
+        .replace(
+            "      volumes:\n",
+            "      volumes:\n        - name: scratch\n          emptyDisk:\n            capacity: 16Mi\n",
+        );
+    let (ok, out, err) = cluster.up.cli_with_input(&["apply", "-f", "-"], Some(&vm));
+    assert!(ok, "{out}{err}");
+    let running = wait_for("roamer running", WAIT, || async {
+        vmi(&client, "roamer")
+            .await
+            .filter(|i| i.status()["phase"] == "Running")
+    })
+    .await;
+    let uid = running.metadata.uid.clone();
+    let source = node_of(&running);
+    let target = if source == "host-a" {
+        "host-b"
+    } else {
+        "host-a"
+    };
+    let log = serial_log(&mut cluster, &source, &uid);
+    let console = console_log_until(&log, "VMO-GUEST: tick 3", Duration::from_secs(150)).await;
+    assert!(
+        console.contains("VMO-GUEST: dirtying 16 MiB/s"),
+        "{console}"
+    );
+    let received_before = cluster.host(target).unwrap().received_bytes();
+
+    let (node, _) = migrate_and_check(
+        &mut cluster,
+        "roamer",
+        &source,
+        Some(target),
+        last_tick(&console),
+    )
+    .await;
+    assert_eq!(node, target);
+
+    // The source's QEMU sent the guest's memory and its local disk (the NBD port, marked 1) to
+    // the target host's own address, over the network between the hosts: the target's interface
+    // took in at least every byte of memory QEMU sent. (`transferredBytes` counts the disk at its
+    // full 16 MiB; the mirror sends its never-written blocks as zero ranges, not bytes.)
+    let state = MigrationState::of(&vmi(&client, "roamer").await.unwrap()).unwrap();
+    assert_eq!(
+        state.target_node_address.as_deref(),
+        Some(address(&cluster, target).as_str()),
+        "{state:?}"
+    );
+    let mut kinds: Vec<i64> = state
+        .target_direct_migration_node_ports
+        .values()
+        .copied()
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, [0, 1], "memory and disk ports: {state:?}");
+    let memory = state
+        .transferred_bytes
+        .unwrap_or(0)
+        .saturating_sub(16 << 20);
+    assert!(memory > 0, "{state:?}");
+    let received = cluster.host(target).unwrap().received_bytes() - received_before;
+    assert!(
+        received >= memory,
+        "{target} received {received} bytes, QEMU sent {memory} bytes of memory"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
