@@ -95,10 +95,11 @@ fn vm_preference(node: &NodeFacts, p: &Prepared) -> i64 {
         .sum()
 }
 
-/// The raw spreading count of one node for the request's group (lower is better).
-fn spread(snapshot: &Snapshot, zone_counts: &[i64], index: u32, group: u32) -> i64 {
+/// The raw spreading count of one node for the request's group (lower is better), from the
+/// group's instances per zone and per node ([`Snapshot::group_counts`]).
+fn spread(snapshot: &Snapshot, zone_counts: &[i64], node_counts: &[u32], index: u32) -> i64 {
     let node = &snapshot.nodes[index as usize];
-    zone_counts[node.zone as usize] * ZONE_OVER_NODE + i64::from(node.group_count(group))
+    zone_counts[node.zone as usize] * ZONE_OVER_NODE + i64::from(node_counts[index as usize])
 }
 
 /// The best of the `feasible` node indices (not empty) for the prepared request.
@@ -154,9 +155,10 @@ pub(super) fn best(snapshot: &Snapshot, p: &Prepared, feasible: &[u32]) -> u32 {
                 .get(&(group, zone as u32))
                 .map_or(0, |c| i64::from(*c));
         }
+        let node_counts = snapshot.group_counts(group);
         let raw = feasible
             .iter()
-            .map(|&i| spread(snapshot, &zone_counts, i, group))
+            .map(|&i| spread(snapshot, &zone_counts, &node_counts, i))
             .collect();
         add(raw, SPREAD_WEIGHT, false);
     }

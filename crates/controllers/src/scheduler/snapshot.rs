@@ -17,7 +17,7 @@ use super::filter::{self, Reason, Unschedulable};
 use super::request::{PlacementRequest, Requests};
 use super::score;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use vmo_api::kinds::affinity::PodAffinityTerm;
 use vmo_api::kinds::core::{node_condition, ZONE_LABEL};
@@ -74,8 +74,6 @@ pub struct NodeFacts {
     pub instances: u32,
     /// The node's labels as interned `key=value` ids, sorted: node selectors compare integers.
     pub(super) label_ids: Vec<u32>,
-    /// (spreading group, instances of it here), for the few groups a node holds.
-    pub(super) groups: Vec<(u32, u32)>,
 }
 
 impl NodeFacts {
@@ -121,16 +119,7 @@ impl NodeFacts {
             used: Resources::default(),
             instances: 0,
             label_ids: Vec::new(),
-            groups: Vec::new(),
         }
-    }
-
-    /// Instances of spreading `group` on this node.
-    pub(super) fn group_count(&self, group: u32) -> u32 {
-        self.groups
-            .iter()
-            .find(|(g, _)| *g == group)
-            .map_or(0, |(_, c)| *c)
     }
 
     /// What is left after the used resources.
@@ -157,6 +146,34 @@ pub(super) struct Placed {
     pub node: u32,
 }
 
+/// The placed instances of one namespace, and among them those with each label, for VM affinity
+/// terms: a term looks only at the instances with one of its `matchLabels`, or of its namespace,
+/// not at every instance in the cluster.
+#[derive(Debug, Default)]
+pub(super) struct NamespaceIndex {
+    /// Indexes into [`Snapshot::placed`].
+    pub all: Vec<u32>,
+    /// label key -> label value -> indexes into [`Snapshot::placed`].
+    pub by_label: ByLabel<u32>,
+}
+
+/// label key -> label value -> items.
+type ByLabel<T> = HashMap<String, HashMap<String, Vec<T>>>;
+
+/// Adds `item` under `key=value`, allocating keys only when they are new.
+fn push_by_label<T>(map: &mut ByLabel<T>, key: &str, value: &str, item: T) {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), HashMap::new());
+    }
+    let values = map.get_mut(key).expect("inserted above");
+    match values.get_mut(value) {
+        Some(list) => list.push(item),
+        None => {
+            values.insert(value.to_string(), vec![item]);
+        }
+    }
+}
+
 /// A placed instance's required anti-affinity terms, which keep matching newcomers away from it.
 #[derive(Debug, Clone)]
 pub(super) struct AntiAffinityHolder {
@@ -171,11 +188,23 @@ pub struct Snapshot {
     by_name: HashMap<String, u32>,
     pub(super) zones: Vec<String>,
     pub(super) placed: Vec<Placed>,
+    /// namespace -> its placed instances.
+    placed_by_namespace: HashMap<String, NamespaceIndex>,
     pub(super) anti_affinity: Vec<AntiAffinityHolder>,
+    /// The holders' terms (holder, term) that select by label within their holder's namespace:
+    /// namespace -> the term's first matchLabels pair -> terms. A newcomer can only match those
+    /// under its own namespace and labels.
+    anti_affinity_by_label: HashMap<String, ByLabel<(u32, u16)>>,
+    /// The other terms (explicit namespaces, expressions only), checked for every newcomer.
+    anti_affinity_other: Vec<(u32, u16)>,
     /// (namespace, spread label value) -> group id.
     groups: HashMap<(String, String), u32>,
     /// (group, zone) -> instances.
     pub(super) group_zone: HashMap<(u32, u32), u32>,
+    /// group -> (node, instances of the group there), for the nodes holding any.
+    group_nodes: HashMap<u32, Vec<(u32, u32)>>,
+    /// (group, node) -> its place in `group_nodes[group]`.
+    group_node_slot: HashMap<(u32, u32), u32>,
     /// (label key, label value) -> id, for every label of every node.
     label_pairs: HashMap<(String, String), u32>,
     next_start: AtomicUsize,
@@ -285,17 +314,56 @@ impl Snapshot {
         if let Some(group) = self.group_id(namespace, labels, true) {
             let zone = self.nodes[node as usize].zone;
             *self.group_zone.entry((group, zone)).or_default() += 1;
-            let groups = &mut self.nodes[node as usize].groups;
-            match groups.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, count)) => *count += 1,
-                None => groups.push((group, 1)),
+            let on_nodes = self.group_nodes.entry(group).or_default();
+            match self.group_node_slot.get(&(group, node)) {
+                Some(&slot) => on_nodes[slot as usize].1 += 1,
+                None => {
+                    self.group_node_slot
+                        .insert((group, node), on_nodes.len() as u32);
+                    on_nodes.push((node, 1));
+                }
             }
         }
         if let Some(terms) = anti_affinity {
+            let holder = self.anti_affinity.len() as u32;
+            for (t, term) in terms.iter().enumerate() {
+                let first_label = term
+                    .label_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.iter().next())
+                    .filter(|_| term.namespaces.is_empty());
+                match first_label {
+                    Some((k, v)) => {
+                        if !self.anti_affinity_by_label.contains_key(namespace) {
+                            self.anti_affinity_by_label
+                                .insert(namespace.to_string(), HashMap::new());
+                        }
+                        let by_label = self
+                            .anti_affinity_by_label
+                            .get_mut(namespace)
+                            .expect("inserted above");
+                        push_by_label(by_label, k, v, (holder, t as u16));
+                    }
+                    None => self.anti_affinity_other.push((holder, t as u16)),
+                }
+            }
             self.anti_affinity.push(AntiAffinityHolder {
                 placed: self.placed.len(),
                 terms,
             });
+        }
+        let index = self.placed.len() as u32;
+        if !self.placed_by_namespace.contains_key(namespace) {
+            self.placed_by_namespace
+                .insert(namespace.to_string(), NamespaceIndex::default());
+        }
+        let in_namespace = self
+            .placed_by_namespace
+            .get_mut(namespace)
+            .expect("inserted above");
+        in_namespace.all.push(index);
+        for (k, v) in labels {
+            push_by_label(&mut in_namespace.by_label, k, v, index);
         }
         self.placed.push(Placed {
             uid: uid.to_string(),
@@ -331,6 +399,16 @@ impl Snapshot {
         self.groups
             .get(&(req.namespace.clone(), value.clone()))
             .copied()
+    }
+
+    /// Instances of spreading `group` on each node, indexed like [`Snapshot::nodes`], so that
+    /// scoring reads an array.
+    pub(super) fn group_counts(&self, group: u32) -> Vec<u32> {
+        let mut counts = vec![0; self.nodes.len()];
+        for &(node, count) in self.group_nodes.get(&group).map_or(&[][..], Vec::as_slice) {
+            counts[node as usize] = count;
+        }
+        counts
     }
 
     /// The nodes, sorted by name.
@@ -434,20 +512,35 @@ impl Snapshot {
         let Some(selector) = &term.label_selector else {
             return domains;
         };
-        for p in &self.placed {
-            if p.uid == req.uid && !req.uid.is_empty() {
+        let namespaces: BTreeSet<&String> = if term.namespaces.is_empty() {
+            BTreeSet::from([&req.namespace])
+        } else {
+            term.namespaces.iter().collect()
+        };
+        for namespace in namespaces {
+            let Some(index) = self.placed_by_namespace.get(namespace) else {
                 continue;
-            }
-            let in_namespace = if term.namespaces.is_empty() {
-                p.namespace == req.namespace
-            } else {
-                term.namespaces.contains(&p.namespace)
             };
-            if !in_namespace || !selector.matches(&p.labels) {
-                continue;
-            }
-            if let Some(v) = self.nodes[p.node as usize].labels.get(&term.topology_key) {
-                *domains.entry(v.clone()).or_insert(0) += 1;
+            // Only instances with the term's first matchLabels pair can match it.
+            let candidates: &[u32] = match selector.match_labels.iter().next() {
+                Some((k, v)) => index
+                    .by_label
+                    .get(k)
+                    .and_then(|values| values.get(v))
+                    .map_or(&[], Vec::as_slice),
+                None => &index.all,
+            };
+            for &i in candidates {
+                let p = &self.placed[i as usize];
+                if p.uid == req.uid && !req.uid.is_empty() {
+                    continue;
+                }
+                if !selector.matches(&p.labels) {
+                    continue;
+                }
+                if let Some(v) = self.nodes[p.node as usize].labels.get(&term.topology_key) {
+                    *domains.entry(v.clone()).or_insert(0) += 1;
+                }
             }
         }
         domains
@@ -460,29 +553,42 @@ impl Snapshot {
         req: &PlacementRequest,
     ) -> Vec<(String, HashSet<String>)> {
         let mut closed: BTreeMap<String, HashSet<String>> = BTreeMap::new();
-        for holder in &self.anti_affinity {
+        let mut check = |(h, t): (u32, u16)| {
+            let holder = &self.anti_affinity[h as usize];
             let p = &self.placed[holder.placed];
             if p.uid == req.uid && !req.uid.is_empty() {
-                continue;
+                return;
             }
-            for term in &holder.terms {
-                let in_namespace = if term.namespaces.is_empty() {
-                    p.namespace == req.namespace
-                } else {
-                    term.namespaces.contains(&req.namespace)
-                };
-                let selected = term
-                    .label_selector
-                    .as_ref()
-                    .is_some_and(|s| s.matches(&req.labels));
-                if !in_namespace || !selected {
-                    continue;
-                }
-                if let Some(v) = self.nodes[p.node as usize].labels.get(&term.topology_key) {
-                    closed
-                        .entry(term.topology_key.clone())
-                        .or_default()
-                        .insert(v.clone());
+            let term = &holder.terms[t as usize];
+            let in_namespace = if term.namespaces.is_empty() {
+                p.namespace == req.namespace
+            } else {
+                term.namespaces.contains(&req.namespace)
+            };
+            let selected = term
+                .label_selector
+                .as_ref()
+                .is_some_and(|s| s.matches(&req.labels));
+            if !in_namespace || !selected {
+                return;
+            }
+            if let Some(v) = self.nodes[p.node as usize].labels.get(&term.topology_key) {
+                closed
+                    .entry(term.topology_key.clone())
+                    .or_default()
+                    .insert(v.clone());
+            }
+        };
+        self.anti_affinity_other
+            .iter()
+            .copied()
+            .for_each(&mut check);
+        // A term indexed under `k=v` can select `req` only if `req` has `k=v`; each term is
+        // indexed once, and `req` has one value per key, so none is checked twice.
+        if let Some(by_label) = self.anti_affinity_by_label.get(&req.namespace) {
+            for (k, v) in &req.labels {
+                if let Some(terms) = by_label.get(k).and_then(|values| values.get(v)) {
+                    terms.iter().copied().for_each(&mut check);
                 }
             }
         }
@@ -525,6 +631,115 @@ pub(super) mod tests {
             );
         }
         o
+    }
+
+    /// An instance in `namespace` on `node` with these labels and required anti-affinity terms.
+    fn placed_in(namespace: &str, name: &str, labels: Value, node: &str, anti: Value) -> Object {
+        let mut o = vmi(name, labels, 256, node);
+        o.metadata.namespace = namespace.into();
+        if anti != json!([]) {
+            o.body["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": anti}});
+        }
+        o
+    }
+
+    #[test]
+    fn vm_affinity_terms_see_exactly_the_namespaces_and_labels_they_name() {
+        let nodes = [
+            node("a", "z1", 4, 8),
+            node("b", "z2", 4, 8),
+            node("c", "z3", 4, 8),
+        ];
+        let web = json!({"app": "web", "tier": "front"});
+        let term = |t: Value| -> PodAffinityTerm { serde_json::from_value(t).unwrap() };
+        let host = "kubernetes.io/hostname";
+        let by_web = json!({"matchLabels": {"app": "web"}});
+        let s = Snapshot::from_objects(
+            &nodes,
+            &[
+                // Holder in the request's namespace: closes its host to web instances.
+                placed_in(
+                    "default",
+                    "web-a",
+                    web.clone(),
+                    "a",
+                    json!([{"labelSelector": by_web, "topologyKey": host}]),
+                ),
+                // Holder in another namespace without a namespace list: leaves them alone.
+                placed_in(
+                    "other",
+                    "web-b",
+                    web.clone(),
+                    "b",
+                    json!([{"labelSelector": by_web, "topologyKey": host}]),
+                ),
+                // Holder in another namespace naming the request's: closes its host too.
+                placed_in(
+                    "other",
+                    "db-c",
+                    json!({"app": "db"}),
+                    "c",
+                    json!([{"labelSelector": by_web, "namespaces": ["default"], "topologyKey": host}]),
+                ),
+                // Holder selecting by expression only: closes its zone.
+                placed_in(
+                    "default",
+                    "cache-b",
+                    json!({"app": "cache"}),
+                    "b",
+                    json!([{"labelSelector": {"matchExpressions": [{"key": "tier", "operator": "Exists"}]},
+                            "topologyKey": ZONE_LABEL}]),
+                ),
+                placed_in("default", "db-c2", json!({"app": "db"}), "c", json!([])),
+            ],
+        );
+        let req =
+            PlacementRequest::for_vmi(&placed_in("default", "new", web, "", json!([]))).unwrap();
+        let domains = |t: Value| {
+            let mut d: Vec<(String, i64)> = s.term_domains(&term(t), &req).into_iter().collect();
+            d.sort();
+            d
+        };
+        let count = |pairs: &[(&str, i64)]| -> Vec<(String, i64)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        // matchLabels: the request's namespace only.
+        assert_eq!(
+            domains(json!({"labelSelector": by_web, "topologyKey": host})),
+            count(&[("a", 1)])
+        );
+        // Named namespaces, each counted once.
+        assert_eq!(
+            domains(
+                json!({"labelSelector": by_web, "namespaces": ["default", "other", "default"], "topologyKey": host})
+            ),
+            count(&[("a", 1), ("b", 1)])
+        );
+        // Every matchLabels pair must hold, not just the first.
+        assert_eq!(
+            domains(
+                json!({"labelSelector": {"matchLabels": {"app": "web", "tier": "back"}}, "topologyKey": host})
+            ),
+            count(&[])
+        );
+        // Expressions only: every instance of the namespace is a candidate.
+        assert_eq!(
+            domains(
+                json!({"labelSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "db"]}]}, "topologyKey": host})
+            ),
+            count(&[("a", 1), ("c", 1)])
+        );
+        let closed: BTreeMap<String, BTreeSet<String>> = s
+            .closed_by_others(&req)
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect();
+        let want: BTreeMap<String, BTreeSet<String>> = [
+            (host.to_string(), ["a".to_string(), "c".to_string()].into()),
+            (ZONE_LABEL.to_string(), ["z2".to_string()].into()),
+        ]
+        .into();
+        assert_eq!(closed, want);
     }
 
     #[test]
