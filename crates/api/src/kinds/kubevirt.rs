@@ -158,6 +158,33 @@ pub struct VirtualMachineSpec {
     pub run_strategy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateSpec>,
+    /// DataVolumes the VM owns: created with it (named by their metadata), deleted with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_volume_templates: Vec<DataVolumeTemplate>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One of a VirtualMachine's `dataVolumeTemplates`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataVolumeTemplate {
+    #[serde(default)]
+    pub metadata: DataVolumeTemplateMeta,
+    #[serde(default)]
+    pub spec: super::cdi::DataVolumeSpec,
+}
+
+/// Name, labels and annotations of a DataVolume made from a template.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataVolumeTemplateMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -459,6 +486,44 @@ pub struct Volume {
     pub ephemeral: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init_no_cloud: Option<CloudInitNoCloud>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<ClaimVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_volume: Option<DataVolumeVolumeSource>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Volume {
+    /// The claim this volume's data lives in (`persistentVolumeClaim`, the claim a `dataVolume`
+    /// owns, which has its name, or the claim an `ephemeral` overlay reads).
+    pub fn claim_name(&self) -> Option<&str> {
+        self.persistent_volume_claim
+            .as_ref()
+            .map(|c| c.claim_name.as_str())
+            .or_else(|| self.data_volume.as_ref().map(|d| d.name.as_str()))
+            .or_else(|| self.ephemeral.as_ref()?["persistentVolumeClaim"]["claimName"].as_str())
+    }
+}
+
+/// `persistentVolumeClaim`: a claim in the VM's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimVolumeSource {
+    #[serde(default)]
+    pub claim_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `dataVolume`: a DataVolume in the VM's namespace, used once it succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataVolumeVolumeSource {
+    #[serde(default)]
+    pub name: String,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -639,6 +704,27 @@ fn validate_vm(o: &Object) -> Vec<FieldError> {
                 RUN_STRATEGIES,
             ));
         }
+    }
+    let mut template_names = HashSet::new();
+    for (i, t) in spec.data_volume_templates.iter().enumerate() {
+        let p = format!("spec.dataVolumeTemplates[{i}]");
+        if t.metadata.name.is_empty() {
+            errors.push(FieldError::required(format!("{p}.metadata.name"), ""));
+        } else if !template_names.insert(t.metadata.name.as_str()) {
+            errors.push(FieldError::duplicate(
+                format!("{p}.metadata.name"),
+                &t.metadata.name,
+            ));
+        } else {
+            errors.extend(validation::dns1123_subdomain(
+                &format!("{p}.metadata.name"),
+                &t.metadata.name,
+            ));
+        }
+        errors.extend(super::cdi::validate_data_volume_spec(
+            &t.spec,
+            &format!("{p}.spec"),
+        ));
     }
     match &spec.template {
         None => errors.push(FieldError::required("spec.template", "")),
@@ -943,6 +1029,8 @@ fn validate_volumes<'a>(
             volume.empty_disk.is_some(),
             volume.ephemeral.is_some(),
             volume.cloud_init_no_cloud.is_some(),
+            volume.persistent_volume_claim.is_some(),
+            volume.data_volume.is_some(),
         ]
         .iter()
         .filter(|x| **x)
@@ -1006,6 +1094,19 @@ fn validate_volumes<'a>(
         }
         if let Some(ci) = &volume.cloud_init_no_cloud {
             validate_cloud_init(ci, &format!("{p}.cloudInitNoCloud"), errors);
+        }
+        if let Some(c) = &volume.persistent_volume_claim {
+            if c.claim_name.is_empty() {
+                errors.push(FieldError::required(
+                    format!("{p}.persistentVolumeClaim.claimName"),
+                    "",
+                ));
+            }
+        }
+        if let Some(d) = &volume.data_volume {
+            if d.name.is_empty() {
+                errors.push(FieldError::required(format!("{p}.dataVolume.name"), ""));
+            }
         }
     }
     names

@@ -2,11 +2,13 @@
 //! scope, printer columns, selectable fields and validation. Adding a kind is one entry plus its module.
 
 pub mod affinity;
+pub mod cdi;
 pub mod coordination;
 pub mod core;
 pub mod kubevirt;
 pub mod migration;
 pub mod settings;
+pub mod storage;
 
 use crate::object::Object;
 use crate::status::FieldError;
@@ -29,7 +31,7 @@ pub struct Column {
 
 /// Validation of a whole object (after metadata checks), returning every bad field.
 pub type ValidateFn = fn(&Object) -> Vec<FieldError>;
-/// Validation of an update against the stored object (immutable fields).
+/// Validation of an update against the stored object (immutable fields): `(old, new)`.
 pub type ValidateUpdateFn = fn(&Object, &Object) -> Vec<FieldError>;
 
 /// Normalization applied to every write before validation.
@@ -135,6 +137,8 @@ impl Registry {
         kinds.extend(kubevirt::kinds());
         kinds.extend(migration::kinds());
         kinds.extend(settings::kinds());
+        kinds.extend(storage::kinds());
+        kinds.extend(cdi::kinds());
         Self { kinds }
     }
 
