@@ -1,7 +1,7 @@
 //! Controllers that run inside the server process and act only through the API, like any client:
 //! the garbage collector (ownerReference cascades), the namespace controller, the node lifecycle
-//! controller, the VirtualMachine controller, the VM scheduler and the migration controller. Later capabilities
-//! (storage, networks) add their reconcilers here.
+//! controller, the VirtualMachine controller, the VM scheduler, the migration controller and the storage
+//! controller. Later capabilities (networks) add their reconcilers here.
 
 pub mod garbage_collector;
 pub mod migration;
@@ -9,6 +9,7 @@ pub use vmo_client::informer;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod scheduler;
+pub mod storage;
 pub mod vm;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub fn start_all(client: Client, settings: ControllerSettings) -> Vec<tokio::tas
             settings.node_grace_period,
         )),
         tokio::spawn(migration::run(client.clone(), registry.clone())),
+        tokio::spawn(storage::run(client.clone(), registry.clone())),
         tokio::spawn(scheduler::run(client, registry)),
     ]
 }

@@ -15,7 +15,7 @@
 //! the migration object is deleted (a finalizer holds the object until the source has answered).
 
 use crate::informer::{self, Cache};
-use crate::scheduler::{PlacementRequest, Snapshot};
+use crate::scheduler::{PlacementRequest, Snapshot, VolumeIndex};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,16 +74,30 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
     });
     let nodes = start(resolve("nodes"), |_, _| false);
     let settings = start(resolve("clustersettings"), |_, _| false);
+    let claims = start(resolve("persistentvolumeclaims"), |_, _| false);
+    let volumes = start(resolve("persistentvolumes"), |_, _| false);
+    let classes = start(resolve("storageclasses"), |_, _| false);
     loop {
         tokio::select! {
             _ = changed.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        if [&migrations, &vmis, &nodes, &settings]
-            .iter()
-            .all(|c| c.synced())
+        if [
+            &migrations,
+            &vmis,
+            &nodes,
+            &settings,
+            &claims,
+            &volumes,
+            &classes,
+        ]
+        .iter()
+        .all(|c| c.synced())
         {
-            controller.pass(&migrations, &vmis, &nodes, &settings).await;
+            let storage = [&claims, &volumes, &classes];
+            controller
+                .pass(&migrations, &vmis, &nodes, &settings, storage)
+                .await;
         }
     }
 }
@@ -104,8 +118,13 @@ fn ready(nodes: &[Object], name: &str) -> bool {
 }
 
 /// Why `vmi` cannot be live-migrated away from `source` at all (empty: it can).
-pub fn blockers(vmi: &Object, source: Option<&Object>) -> Vec<String> {
+pub fn blockers(vmi: &Object, source: Option<&Object>, volumes: &VolumeIndex) -> Vec<String> {
     let mut why = Vec::new();
+    if let Some((claim, node)) = volumes.uses_local_volume(vmi) {
+        why.push(format!(
+            "persistentvolumeclaim {claim:?} lives in node {node}'s local pool, and claims do not move between nodes yet; use a shared class for VMs that must migrate"
+        ));
+    }
     let Ok(spec) = serde_json::from_value::<VmiSpec>(vmi.spec().clone()) else {
         return vec!["its spec cannot be read".into()];
     };
@@ -190,7 +209,14 @@ pub fn choose_target(
 }
 
 impl Controller {
-    async fn pass(&self, migrations: &Cache, vmis: &Cache, nodes: &Cache, settings: &Cache) {
+    async fn pass(
+        &self,
+        migrations: &Cache,
+        vmis: &Cache,
+        nodes: &Cache,
+        settings: &Cache,
+        [claims, volumes, classes]: [&Cache; 3],
+    ) {
         // Finished migrations need nothing: with none in progress nothing else is read.
         let mut list = migrations.select(|m| {
             m.metadata.deletion_timestamp.is_some()
@@ -203,6 +229,7 @@ impl Controller {
             return;
         }
         let config = configuration(settings);
+        let index = VolumeIndex::new(&claims.list(), &volumes.list(), &classes.list());
         let mut vmi_list = vmis.list();
         let node_list = nodes.list();
         let mut in_flight = InFlight::default();
@@ -219,7 +246,14 @@ impl Controller {
         });
         for m in list {
             if let Some(scheduled) = self
-                .reconcile(&m, &mut vmi_list, &node_list, &config, &mut in_flight)
+                .reconcile(
+                    &m,
+                    &mut vmi_list,
+                    &node_list,
+                    &config,
+                    &mut in_flight,
+                    &index,
+                )
                 .await
             {
                 // Later placements in this pass see this target's reservation.
@@ -241,6 +275,7 @@ impl Controller {
         nodes: &[Object],
         config: &MigrationConfiguration,
         in_flight: &mut InFlight,
+        volumes: &VolumeIndex,
     ) -> Option<Object> {
         let vmi_name = m.spec()["vmiName"].as_str().unwrap_or("");
         let vmi = vmis
@@ -372,7 +407,7 @@ impl Controller {
         }
         let source = vmi.status()["nodeName"].as_str().unwrap_or("").to_string();
         let source_node = nodes.iter().find(|n| n.metadata.name == source);
-        let blocked = blockers(&vmi, source_node);
+        let blocked = blockers(&vmi, source_node, volumes);
         if !blocked.is_empty() {
             self.set_phase(
                 m,

@@ -53,6 +53,12 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
         changed.clone(),
         informer::every_change,
     );
+    let dv_kind = *registry
+        .resolve("datavolumes")
+        .expect("datavolumes are registered");
+    let dvs = informer::start(client.clone(), dv_kind, changed.clone(), |event, _| {
+        event != "MODIFIED"
+    });
     let recorder = Recorder::new(client.clone(), "vmo-vm-controller", "");
     let mut retries: std::collections::HashMap<String, (u32, tokio::time::Instant)> =
         Default::default();
@@ -61,7 +67,7 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
             _ = changed.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
-        if !(vms.synced() && vmis.synced()) {
+        if !(vms.synced() && vmis.synced() && dvs.synced()) {
             continue;
         }
         let now = tokio::time::Instant::now();
@@ -73,7 +79,11 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
             {
                 continue;
             }
-            match reconcile(&client, &recorder, &vm_kind, &vmi_kind, &vm, &vmis).await {
+            let reconciled = match data_volumes(&client, &recorder, &dv_kind, &vm, &dvs).await {
+                Ok(()) => reconcile(&client, &recorder, &vm_kind, &vmi_kind, &vm, &vmis).await,
+                Err(e) => Err(e),
+            };
+            match reconciled {
                 Ok(()) => {
                     retries.remove(&vm.metadata.uid);
                 }
@@ -96,6 +106,74 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
             }
         }
     }
+}
+
+/// Creates the DataVolumes of the VM's `dataVolumeTemplates` that do not exist yet, owned by the
+/// VM (so they go with it). One that exists and belongs to someone else is reported, not touched.
+async fn data_volumes(
+    client: &Client,
+    recorder: &Recorder,
+    dv_kind: &KindInfo,
+    vm: &Object,
+    dvs: &Cache,
+) -> Result<(), ClientError> {
+    if vm.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let templates = vm.spec()["dataVolumeTemplates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ns = &vm.metadata.namespace;
+    for t in templates {
+        let name = t["metadata"]["name"].as_str().unwrap_or("");
+        let existing = dvs.select(|d| d.metadata.namespace == *ns && d.metadata.name == name);
+        if let Some(d) = existing.first() {
+            if !d
+                .metadata
+                .owner_references
+                .iter()
+                .any(|r| r.uid == vm.metadata.uid)
+            {
+                let message = format!(
+                    "DataVolume {name} exists and is not owned by this VM; it is used as it is"
+                );
+                tracing::debug!(vm = %vm.display_name(), "{message}");
+            }
+            continue;
+        }
+        let mut metadata = t["metadata"].clone();
+        metadata["namespace"] = json!(ns);
+        metadata["ownerReferences"] = json!([{
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "name": vm.metadata.name, "uid": vm.metadata.uid,
+            "controller": true, "blockOwnerDeletion": true
+        }]);
+        let dv = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+                        "metadata": metadata, "spec": t["spec"]});
+        match client.create(dv_kind, ns, &dv).await {
+            Ok(_) => {
+                let message = format!("Created DataVolume {name}");
+                recorder
+                    .record(
+                        vm,
+                        EventType::Normal,
+                        "SuccessfulDataVolumeCreate",
+                        &message,
+                    )
+                    .await;
+            }
+            Err(e) if e.is_conflict() => {}
+            Err(e) => {
+                let message = format!("Error creating DataVolume {name}: {e}");
+                recorder
+                    .record(vm, EventType::Warning, "FailedDataVolumeCreate", &message)
+                    .await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a VM without an instance should get one now.
@@ -269,10 +347,19 @@ fn printable_status(vm: &Object, vmi: Option<&Object>) -> &'static str {
             let unschedulable = i.status()["conditions"]
                 .as_array()
                 .is_some_and(|c| c.iter().any(|c| c["reason"] == "Unschedulable"));
+            let waiting = i.status()["conditions"].as_array().and_then(|c| {
+                c.iter().find_map(|c| match c["reason"].as_str() {
+                    Some("Provisioning") => Some("Provisioning"),
+                    Some("WaitingForVolumeBinding") => Some("WaitingForVolumeBinding"),
+                    Some("DataVolumeError") => Some("DataVolumeError"),
+                    Some("PvcNotFound") => Some("ErrorPvcNotFound"),
+                    _ => None,
+                })
+            });
             if unschedulable {
                 "ErrorUnschedulable"
             } else {
-                "Starting"
+                waiting.unwrap_or("Starting")
             }
         }
     }

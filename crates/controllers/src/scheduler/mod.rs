@@ -24,6 +24,7 @@ mod filter;
 mod request;
 mod score;
 mod snapshot;
+mod volumes;
 
 pub use filter::{tolerates, Reason, Unschedulable, UNSCHEDULABLE_TAINT};
 pub use request::{
@@ -34,6 +35,7 @@ pub use snapshot::{
     feasible_nodes_to_find, migration_target, NodeFacts, Resources, Snapshot, Taint,
     MIN_FEASIBLE_NODES, SPREAD_LABELS,
 };
+pub use volumes::{VolumeIndex, VolumeNeeds};
 
 use crate::informer;
 use futures_util::StreamExt;
@@ -79,6 +81,8 @@ struct Assumed {
 enum Decision {
     Bind(String),
     Refuse(String),
+    /// Not placeable yet for a reason other than capacity (its volumes): condition reason, message.
+    Wait(&'static str, String),
 }
 
 /// Runs the scheduler until the task is dropped.
@@ -94,13 +98,42 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
         changed.clone(),
         informer::every_change,
     );
+    let kind = |name: &str| {
+        *registry
+            .resolve(name)
+            .expect("storage kinds are registered")
+    };
+    let claim_kind = kind("persistentvolumeclaims");
+    let claims = informer::start(
+        client.clone(),
+        claim_kind,
+        changed.clone(),
+        informer::every_change,
+    );
+    let volumes = informer::start(
+        client.clone(),
+        kind("persistentvolumes"),
+        changed.clone(),
+        informer::every_change,
+    );
+    let classes = informer::start(
+        client.clone(),
+        kind("storageclasses"),
+        changed.clone(),
+        informer::every_change,
+    );
     let mut assumed: HashMap<String, Assumed> = HashMap::new();
     loop {
         tokio::select! {
             _ = changed.notified() => {}
             _ = tokio::time::sleep(RESYNC) => {}
         }
-        if !vmis.synced() || !nodes.synced() {
+        if !vmis.synced()
+            || !nodes.synced()
+            || !claims.synced()
+            || !volumes.synced()
+            || !classes.synced()
+        {
             continue;
         }
         // The snapshot is built straight from the caches: only instances waiting for a node are
@@ -115,13 +148,21 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
                 waiting.push(v.clone());
             }
         });
-        let decisions = plan(snapshot, waiting, &mut assumed);
+        let index = VolumeIndex::new(&claims.list(), &volumes.list(), &classes.list());
+        let decisions = plan(snapshot, waiting, &mut assumed, &index);
         let written: Vec<(String, Option<(String, PlacementRequest)>)> =
             futures_util::stream::iter(decisions)
                 .map(|(vmi, request, decision)| {
-                    let (client, events) = (&client, &events);
+                    let (client, events, index) = (&client, &events, &index);
                     async move {
-                        let bound = write(client, events, &vmi_kind, &vmi, &decision).await;
+                        let selected = match &decision {
+                            Decision::Bind(node) => {
+                                select_claims(client, &claim_kind, index, &vmi, node).await
+                            }
+                            _ => true,
+                        };
+                        let bound =
+                            selected && write(client, events, &vmi_kind, &vmi, &decision).await;
                         let assumed = match (bound, decision, request) {
                             (true, Decision::Bind(node), Some(request)) => Some((node, request)),
                             _ => None,
@@ -155,6 +196,7 @@ fn plan(
     mut snapshot: Snapshot,
     waiting: Vec<Object>,
     assumed: &mut HashMap<String, Assumed>,
+    volumes: &VolumeIndex,
 ) -> Vec<(Object, Option<PlacementRequest>, Decision)> {
     let uids: HashSet<&str> = waiting.iter().map(|v| v.metadata.uid.as_str()).collect();
     assumed.retain(|uid, a| uids.contains(uid.as_str()) && a.since.elapsed() < ASSUME_FOR);
@@ -180,19 +222,57 @@ fn plan(
                 None,
                 Decision::Refuse(format!("the instance's spec cannot be scheduled: {e}")),
             ),
-            Ok(request) => match snapshot.place(&request) {
-                Ok(node) => {
-                    snapshot.assume(&node, &request);
-                    (vmi.clone(), Some(request), Decision::Bind(node))
+            Ok(mut request) => match volumes.needs(vmi) {
+                VolumeNeeds::Wait { reason, message } => {
+                    (vmi.clone(), None, Decision::Wait(reason, message))
                 }
-                Err(why) => (
-                    vmi.clone(),
-                    Some(request),
-                    Decision::Refuse(why.to_string()),
-                ),
+                VolumeNeeds::Place { required_node } => {
+                    request.required_node = required_node;
+                    match snapshot.place(&request) {
+                        Ok(node) => {
+                            snapshot.assume(&node, &request);
+                            (vmi.clone(), Some(request), Decision::Bind(node))
+                        }
+                        Err(why) => (
+                            vmi.clone(),
+                            Some(request),
+                            Decision::Refuse(why.to_string()),
+                        ),
+                    }
+                }
             },
         })
         .collect()
+}
+
+/// Names `node` on the instance's claims that wait for their first consumer, before the
+/// instance is bound there; false when a claim could not be written (the next pass retries).
+async fn select_claims(
+    client: &Client,
+    claim_kind: &KindInfo,
+    volumes: &VolumeIndex,
+    vmi: &Object,
+    node: &str,
+) -> bool {
+    for claim in volumes.to_select(vmi) {
+        let patch = json!({"metadata": {"annotations": {
+            vmo_api::kinds::storage::SELECTED_NODE_ANNOTATION: node}}});
+        let r = client
+            .merge_patch(
+                claim_kind,
+                &vmi.metadata.namespace,
+                &claim,
+                None,
+                &patch,
+                "vmo-scheduler",
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(vmi = %vmi.display_name(), claim, error = %e, "could not name the node on a claim");
+            return false;
+        }
+    }
+    true
 }
 
 /// The instance's status after the decision.
@@ -220,6 +300,13 @@ fn decided_status(vmi: &Object, decision: &Decision) -> Value {
             status.insert("phase".into(), json!("Pending"));
             conditions.push(json!({
                 "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": message,
+            }));
+        }
+        Decision::Wait(reason, message) => {
+            status.insert("phase".into(), json!("Pending"));
+            conditions.push(json!({
+                "type": "PodScheduled", "status": "False", "reason": reason,
                 "message": message,
             }));
         }
@@ -261,6 +348,11 @@ async fn write(
                         .record(vmi, EventType::Warning, "FailedScheduling", message)
                         .await;
                 }
+                Decision::Wait(reason, message) => {
+                    events
+                        .record(vmi, EventType::Warning, reason, message)
+                        .await;
+                }
             }
             false
         }
@@ -283,16 +375,21 @@ mod tests {
         assumed: &mut HashMap<String, Assumed>,
     ) -> Vec<(String, String)> {
         let waiting = vmis.iter().filter(|v| unbound(v)).cloned().collect();
-        plan(Snapshot::from_objects(nodes, vmis), waiting, assumed)
-            .into_iter()
-            .map(|(v, _, d)| {
-                let what = match d {
-                    Decision::Bind(n) => n,
-                    Decision::Refuse(m) => m,
-                };
-                (v.metadata.name, what)
-            })
-            .collect()
+        plan(
+            Snapshot::from_objects(nodes, vmis),
+            waiting,
+            assumed,
+            &VolumeIndex::default(),
+        )
+        .into_iter()
+        .map(|(v, _, d)| {
+            let what = match d {
+                Decision::Bind(n) => n,
+                Decision::Refuse(m) | Decision::Wait(_, m) => m,
+            };
+            (v.metadata.name, what)
+        })
+        .collect()
     }
 
     #[test]

@@ -21,6 +21,7 @@ use vmo_api::kinds::settings::{ClusterSettingsSpec, CLUSTER_SETTINGS_NAME};
 use vmo_api::{Object, Registry};
 use vmo_client::Client;
 use vmo_controllers::migration::{blockers, choose_target};
+use vmo_controllers::scheduler::VolumeIndex;
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
@@ -72,6 +73,7 @@ pub fn plan_drain(
     nodes: &[Object],
     vmis: &[Object],
     settings: &ClusterSettingsSpec,
+    volumes: &VolumeIndex,
 ) -> Vec<Eviction> {
     let source = nodes.iter().find(|n| n.metadata.name == node);
     let mut out = Vec::new();
@@ -80,7 +82,7 @@ pub fn plan_drain(
     for vmi in vmis.iter().filter(|v| on_node(v, node)) {
         let strategy = settings.eviction_strategy_for(vmi.spec()["evictionStrategy"].as_str());
         let migrate = || {
-            let blocked = blockers(vmi, source);
+            let blocked = blockers(vmi, source, volumes);
             if !blocked.is_empty() {
                 return Err(blocked.join("; "));
             }
@@ -139,16 +141,38 @@ async fn set_unschedulable(client: &Client, name: &str, value: bool) -> anyhow::
     Ok(())
 }
 
-async fn load(client: &Client) -> anyhow::Result<(Vec<Object>, Vec<Object>, ClusterSettingsSpec)> {
+/// What a drain plan reads.
+struct ClusterView {
+    nodes: Vec<Object>,
+    vmis: Vec<Object>,
+    settings: ClusterSettingsSpec,
+    volumes: VolumeIndex,
+}
+
+async fn load(client: &Client) -> anyhow::Result<ClusterView> {
     let registry = Registry::builtin();
     let kind = |n: &str| *registry.resolve(n).expect("registered");
-    let nodes = client.list(&kind("nodes"), None, "").await?.items;
-    let vmis = client.list(&kind("vmi"), None, "").await?.items;
+    let list = |n: &'static str| {
+        let k = kind(n);
+        async move { client.list(&k, None, "").await.map(|l| l.items) }
+    };
+    let nodes = list("nodes").await?;
+    let vmis = list("vmi").await?;
+    let volumes = VolumeIndex::new(
+        &list("persistentvolumeclaims").await?,
+        &list("persistentvolumes").await?,
+        &list("storageclasses").await?,
+    );
     let settings = client
         .get(&kind("clustersettings"), "", CLUSTER_SETTINGS_NAME)
         .await
         .ok();
-    Ok((nodes, vmis, ClusterSettingsSpec::of(settings.as_ref())))
+    Ok(ClusterView {
+        nodes,
+        vmis,
+        settings: ClusterSettingsSpec::of(settings.as_ref()),
+        volumes,
+    })
 }
 
 fn describe(e: &Eviction) -> String {
@@ -178,12 +202,17 @@ pub async fn run(ctx: &Context, args: NodeArgs) -> anyhow::Result<()> {
 }
 
 async fn drain(client: &Client, args: DrainArgs) -> anyhow::Result<()> {
-    let (nodes, vmis, settings) = load(client).await?;
+    let ClusterView {
+        nodes,
+        vmis,
+        settings,
+        volumes,
+    } = load(client).await?;
     let node = &args.name;
     if !nodes.iter().any(|n| n.metadata.name == *node) {
         bail!("node {node} not found");
     }
-    let plan = plan_drain(node, &nodes, &vmis, &settings);
+    let plan = plan_drain(node, &nodes, &vmis, &settings, &volumes);
     let blocked: Vec<&Eviction> = plan
         .iter()
         .filter(|e| matches!(e.plan, Plan::Blocked { .. }))
@@ -277,16 +306,17 @@ async fn drain(client: &Client, args: DrainArgs) -> anyhow::Result<()> {
                 failed.join(", ")
             );
         }
-        let (nodes, vmis, settings) = load(client).await?;
+        let view = load(client).await?;
         // A VM placed here just before the cordon took effect is drained like the others.
-        todo = plan_drain(node, &nodes, &vmis, &settings)
+        todo = plan_drain(node, &view.nodes, &view.vmis, &view.settings, &view.volumes)
             .into_iter()
             .filter(|e| !handled.contains_key(&e.vmi.metadata.uid))
             .collect();
         if !todo.is_empty() {
             continue;
         }
-        let left: Vec<&Object> = vmis
+        let left: Vec<&Object> = view
+            .vmis
             .iter()
             .filter(|v| on_node(v, node) && handled.get(&v.metadata.uid) != Some(&true))
             .collect();
