@@ -8,6 +8,7 @@ pub mod core;
 pub mod kubevirt;
 pub mod migration;
 pub mod settings;
+pub mod snapshot;
 pub mod storage;
 
 use crate::object::Object;
@@ -139,6 +140,7 @@ impl Registry {
         kinds.extend(settings::kinds());
         kinds.extend(storage::kinds());
         kinds.extend(cdi::kinds());
+        kinds.extend(snapshot::kinds());
         Self { kinds }
     }
 

@@ -532,12 +532,17 @@ pub fn validate_claim_spec(spec: &ClaimSpec, path: &str, size_required: bool) ->
         ("dataSourceRef", &spec.data_source_ref),
     ] {
         if let Some(r) = r {
-            let core = r.api_group.as_deref().unwrap_or("").is_empty();
-            if !(core && r.kind == "PersistentVolumeClaim") {
+            let group = r.api_group.as_deref().unwrap_or("");
+            let supported = match r.kind.as_str() {
+                "PersistentVolumeClaim" => group.is_empty(),
+                "VolumeSnapshot" => group == super::snapshot::VOLUME_SNAPSHOT_GROUP,
+                _ => false,
+            };
+            if !supported {
                 errors.push(FieldError::not_supported(
                     format!("{path}.{field}.kind"),
                     &r.kind,
-                    &["PersistentVolumeClaim"],
+                    &["PersistentVolumeClaim", "VolumeSnapshot (apiGroup snapshot.storage.k8s.io)"],
                 ));
             }
             if r.name.is_empty() {
