@@ -1,7 +1,8 @@
 //! Controllers that run inside the server process and act only through the API, like any client:
 //! the garbage collector (ownerReference cascades), the namespace controller, the node lifecycle
-//! controller, the VirtualMachine controller, the VM scheduler, the migration controller and the storage
-//! controller. Later capabilities (networks) add their reconcilers here.
+//! controller, the VirtualMachine controller, the VM scheduler, the migration controller, the storage
+//! controller and the snapshot controller (VM snapshots, restores, clones). Later capabilities
+//! (networks) add their reconcilers here.
 
 pub mod garbage_collector;
 pub mod migration;
@@ -9,6 +10,7 @@ pub use vmo_client::informer;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod scheduler;
+pub mod snapshot;
 pub mod storage;
 pub mod vm;
 
@@ -46,6 +48,7 @@ pub fn start_all(client: Client, settings: ControllerSettings) -> Vec<tokio::tas
         )),
         tokio::spawn(migration::run(client.clone(), registry.clone())),
         tokio::spawn(storage::run(client.clone(), registry.clone())),
+        tokio::spawn(snapshot::run(client.clone(), registry.clone())),
         tokio::spawn(scheduler::run(client, registry)),
     ]
 }
