@@ -3,7 +3,8 @@
 //! authenticated writer of Nodes can change it), and presents its own proxy client certificate,
 //! issued by the cluster CA, which is the only identity the agent admits.
 //!
-//! Consoles and VNC are raw byte streams after an HTTP/1.1 upgrade; metrics are a plain GET.
+//! Consoles and VNC are raw byte streams after an HTTP/1.1 upgrade; metrics are a plain GET;
+//! uploads are a request whose body streams through.
 
 use bytes::Bytes;
 use http::{header, Request, StatusCode};
@@ -95,10 +96,15 @@ fn unavailable(node: &str, why: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("cannot reach the agent of node {node:?}: {why}"))
 }
 
-type AgentConnection = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+type AgentConnection<B> = hyper::client::conn::http1::SendRequest<B>;
 
 impl ProxyIdentity {
-    async fn connect(&self, node: &Object) -> Result<AgentConnection, Status> {
+    async fn connect<B>(&self, node: &Object) -> Result<AgentConnection<B>, Status>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let name = &node.metadata.name;
         let annotation = |key: &str| {
             node.metadata
@@ -167,7 +173,7 @@ impl ProxyIdentity {
     /// Opens a raw stream (`/vmis/UID/console` or `/vnc`) on `node`'s agent.
     pub async fn open_stream(&self, node: &Object, path: &str) -> Result<Upgraded, Status> {
         let name = &node.metadata.name;
-        let mut sender = self.connect(node).await?;
+        let mut sender = self.connect::<Empty<Bytes>>(node).await?;
         let response = sender
             .send_request(Self::request(path, true))
             .await
@@ -194,7 +200,7 @@ impl ProxyIdentity {
     /// GETs `path` (such as `/metrics`) from `node`'s agent.
     pub async fn get(&self, node: &Object, path: &str) -> Result<(u16, Bytes), Status> {
         let name = &node.metadata.name;
-        let mut sender = self.connect(node).await?;
+        let mut sender = self.connect::<Empty<Bytes>>(node).await?;
         let response = tokio::time::timeout(
             Duration::from_secs(30),
             sender.send_request(Self::request(path, false)),
@@ -210,5 +216,25 @@ impl ProxyIdentity {
             .map_err(|e| unavailable(name, e))?
             .to_bytes();
         Ok((code, body))
+    }
+
+    /// Sends `request` to `node`'s agent with its body streamed through as it arrives (uploads:
+    /// no size limit, nothing buffered whole), and returns the agent's answer.
+    pub async fn send<B>(
+        &self,
+        node: &Object,
+        request: Request<B>,
+    ) -> Result<http::Response<hyper::body::Incoming>, Status>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let name = &node.metadata.name;
+        let mut sender = self.connect::<B>(node).await?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| unavailable(name, e))
     }
 }

@@ -14,6 +14,7 @@ pub mod pki;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod upload;
 pub mod watch;
 
 pub use auth::Authenticator;

@@ -313,6 +313,11 @@ impl ApiServer {
             }
             return self.lifecycle(req, path).await;
         }
+        if crate::upload::is_upload(&path) {
+            // Streams to the agent: no body limit, nothing buffered.
+            let proxy = self.settings.agent_proxy.as_ref();
+            return crate::upload::serve(&self.service, proxy, req, &path).await;
+        }
         let kind = *self
             .service
             .registry()

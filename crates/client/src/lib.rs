@@ -321,6 +321,65 @@ impl Client {
         Ok(response)
     }
 
+    /// Sends a request whose body is streamed (`body` of any length, never buffered whole) on a
+    /// connection of its own, with `headers` added; returns the answer as it is. Uploads use it.
+    pub async fn send_streaming<B>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, String)],
+        body: B,
+    ) -> Result<http::Response<Incoming>, ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(header::HOST, &self.inner.authority)
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.inner.token),
+            )
+            .header(header::ACCEPT, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("vmo/", env!("CARGO_PKG_VERSION")),
+            );
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        let request = builder.body(body).map_err(|e| ClientError::Url {
+            url: path_and_query.to_string(),
+            why: e.to_string(),
+        })?;
+        let tls = self.tls_stream().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(ClientError::Http)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(ClientError::Http)
+    }
+
+    /// Reads a response's whole (small) body and decodes it as `call` does.
+    pub async fn decode_response(response: http::Response<Incoming>) -> Result<Value, ClientError> {
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::Http)?
+            .to_bytes();
+        decode_answer(status, &bytes)
+    }
+
     /// Sends a request and decodes the JSON answer; an error status becomes `ClientError::Api`.
     pub async fn call(
         &self,

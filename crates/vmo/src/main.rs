@@ -63,6 +63,8 @@ enum Command {
     Migrate(cli::migrate::MigrateArgs),
     /// Node maintenance: cordon, uncordon, drain (with --dry-run).
     Node(cli::node::NodeArgs),
+    /// Upload a disk image into a DataVolume (created unless it exists), resuming after interruptions.
+    ImageUpload(cli::upload::ImageUploadArgs),
     /// List the kinds the server serves.
     ApiResources,
     /// Show the client and server versions.
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
             Command::Unpause(a) => cli::lifecycle::unpause(&ctx, a).await,
             Command::Migrate(a) => cli::migrate::run(&ctx, a).await,
             Command::Node(a) => cli::node::run(&ctx, a).await,
+            Command::ImageUpload(a) => cli::upload::run(&ctx, a).await,
             Command::ApiResources => cli::api_resources(&ctx).await,
             Command::Version => cli::version(&ctx).await,
         }
