@@ -80,8 +80,10 @@ async fn step(s: &Snapshots, restore: &Object) -> Result<(), Wait> {
     let target = restore.spec()["target"]["name"].as_str().unwrap_or("");
     let source = &content.spec()["source"]["virtualMachine"];
     match find(&s.vms, ns, target) {
-        Some(vm) => into_existing(s, restore, &content, &vm, source).await,
-        None => into_new(s, restore, &content, target, source).await,
+        Some(vm) if !made_by(&vm, restore) => {
+            into_existing(s, restore, &content, &vm, source).await
+        }
+        _ => into_new(s, restore, &content, target, source).await,
     }
 }
 
@@ -233,6 +235,17 @@ fn apply_patches(restore: &Object, spec: &mut Value) {
     *spec = vm["spec"].take();
 }
 
+/// The annotation on a VM a restore created: `<restore name>-<restore uid>`.
+const LAST_RESTORE_ANNOTATION: &str = "restore.kubevirt.io/lastRestoreUID";
+
+/// True when `restore` created the VM `vm`.
+fn made_by(vm: &Object, restore: &Object) -> bool {
+    vm.metadata
+        .annotations
+        .get(LAST_RESTORE_ANNOTATION)
+        .is_some_and(|r| r.ends_with(restore.metadata.uid.as_str()))
+}
+
 /// The claim a restore into a new VM makes for one volume.
 pub(crate) fn restored_claim_name(restore: &Object, volume: &str) -> String {
     format!("restore-{}-{volume}", restore.metadata.uid)
@@ -321,7 +334,7 @@ async fn into_new(
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
             "metadata": {"name": target, "namespace": ns,
                          "labels": source["metadata"]["labels"],
-                         "annotations": {"restore.kubevirt.io/lastRestoreUID":
+                         "annotations": {LAST_RESTORE_ANNOTATION:
                              format!("{}-{}", restore.metadata.name, restore.metadata.uid)}},
             "spec": spec,
         });
