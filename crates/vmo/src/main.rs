@@ -65,6 +65,8 @@ enum Command {
     Node(cli::node::NodeArgs),
     /// Upload a disk image into a DataVolume (created unless it exists), resuming after interruptions.
     ImageUpload(cli::upload::ImageUploadArgs),
+    /// Import a VMware export: `vmo import ova FILE.ova` creates a VirtualMachine with its disks.
+    Import(cli::ova::ImportArgs),
     /// List the kinds the server serves.
     ApiResources,
     /// Show the client and server versions.
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
             Command::Migrate(a) => cli::migrate::run(&ctx, a).await,
             Command::Node(a) => cli::node::run(&ctx, a).await,
             Command::ImageUpload(a) => cli::upload::run(&ctx, a).await,
+            Command::Import(a) => cli::ova::run(&ctx, a).await,
             Command::ApiResources => cli::api_resources(&ctx).await,
             Command::Version => cli::version(&ctx).await,
         }

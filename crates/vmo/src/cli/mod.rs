@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod migrate;
 pub mod node;
 pub mod output;
+pub mod ova;
 pub mod upload;
 
 use anyhow::Context as _;
