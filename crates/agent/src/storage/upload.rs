@@ -535,7 +535,93 @@ impl AsyncRead for ChannelReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
     use tokio::io::AsyncReadExt;
+
+    /// A DataVolume ready for an upload into a raw file in `dir`; its status writes go nowhere.
+    fn ready(dir: &Path, uid: &str, size: u64) -> Ready {
+        let client = Client::new(vmo_client::Credentials {
+            server: "https://127.0.0.1:9".into(),
+            ca_pem: None,
+            token: "t".into(),
+            namespace: None,
+        })
+        .unwrap();
+        let dv = Object::from_value(json!({"apiVersion": "cdi.kubevirt.io/v1beta1",
+            "kind": "DataVolume", "metadata": {"name": "d", "namespace": "ns", "uid": uid}}))
+        .unwrap();
+        Ready {
+            uid: uid.into(),
+            dv,
+            target: super::super::importer::target(&dir.join("vol.raw"), "raw", size),
+            client,
+            kinds: Kinds::new(),
+            node: "n".into(),
+            seen: Instant::now(),
+        }
+    }
+
+    fn body(bytes: &[u8]) -> Full<Bytes> {
+        Full::new(Bytes::copy_from_slice(bytes))
+    }
+
+    #[tokio::test]
+    async fn an_upload_goes_on_from_what_was_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1u64 << 20;
+        let image: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let uploads = Uploads::default();
+        let refused = uploads.put("ns", "d", "u1", 0, size, body(b"x")).await;
+        assert_eq!(refused.code, 409, "{:?}", refused.body);
+        assert!(refused.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not ready for an upload"));
+        uploads.ready(ready(dir.path(), "u1", size));
+
+        let a = uploads.put("ns", "d", "u1", 7, size, body(b"x")).await;
+        assert_eq!(a.code, 409);
+        assert!(a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected offset 0"));
+
+        let a = uploads
+            .put("ns", "d", "u1", 0, size, body(&image[..300_000]))
+            .await;
+        assert_eq!(a.code, 200, "{:?}", a.body);
+        assert_eq!(
+            (a.body["phase"].as_str(), a.body["received"].as_u64()),
+            (Some("UploadReady"), Some(300_000))
+        );
+        assert_eq!(uploads.state("ns", "d", "u1").body["received"], 300_000);
+        assert_eq!(uploads.state("ns", "d", "other").body["received"], 0);
+
+        let a = uploads
+            .put("ns", "d", "u1", 100, size, body(&image[100..]))
+            .await;
+        assert_eq!(a.code, 409);
+        assert!(a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected offset 300000"));
+        let a = uploads
+            .put("ns", "d", "u1", 300_000, size + 1, body(&image[300_000..]))
+            .await;
+        assert_eq!(a.code, 409, "another size is refused: {:?}", a.body);
+        let a = uploads
+            .put("ns", "d", "u2", 300_000, size, body(&image[300_000..]))
+            .await;
+        assert_eq!(a.code, 409, "another DataVolume's uid is refused");
+
+        let a = uploads
+            .put("ns", "d", "u1", 300_000, size, body(&image[300_000..]))
+            .await;
+        assert_eq!(a.code, 200, "{:?}", a.body);
+        assert_eq!(a.body["phase"], "Complete");
+        assert_eq!(std::fs::read(dir.path().join("vol.raw")).unwrap(), image);
+        assert!(!dir.path().join("vol.raw.partial").exists());
+    }
 
     #[tokio::test]
     async fn the_reader_yields_the_chunks_in_order_to_the_close() {
