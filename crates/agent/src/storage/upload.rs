@@ -160,14 +160,19 @@ impl Uploads {
     /// `GET`: how much of the upload is in.
     pub fn state(&self, ns: &str, name: &str, uid: &str) -> Answer {
         let map = self.0.lock().expect("uploads");
-        let session = map
-            .get(&format!("{ns}/{name}"))
+        let slot = map.get(&format!("{ns}/{name}"));
+        let session = slot
             .and_then(|s| s.session.clone())
             .filter(|s| s.uid == uid);
+        let complete = slot
+            .and_then(|s| s.ready.as_ref())
+            .is_some_and(|r| r.uid == uid && r.target.path.exists());
         let body = match session {
             Some(s) => {
                 json!({"phase": phase::UPLOAD_READY, "received": s.received(), "size": s.size})
             }
+            // Finished after its client went away; bound at the provisioner's next turn.
+            None if complete => json!({"phase": "Complete", "received": Value::Null}),
             None => json!({"phase": phase::UPLOAD_READY, "received": 0, "size": Value::Null}),
         };
         Answer { code: 200, body }
@@ -226,6 +231,14 @@ impl Uploads {
                     )
                 }
                 Some(s) => s,
+                None if ready.target.path.exists() => {
+                    // A session that finished after its client went away: the image is in, and
+                    // the provisioner binds it at its next turn.
+                    return Answer {
+                        code: 200,
+                        body: json!({"phase": "Complete", "received": size, "size": size}),
+                    };
+                }
                 None => {
                     if offset != 0 {
                         return refuse(
@@ -621,6 +634,11 @@ mod tests {
         assert_eq!(a.body["phase"], "Complete");
         assert_eq!(std::fs::read(dir.path().join("vol.raw")).unwrap(), image);
         assert!(!dir.path().join("vol.raw.partial").exists());
+        // A client that lost the last answer and asks again learns that the image is in.
+        assert_eq!(uploads.state("ns", "d", "u1").body["phase"], "Complete");
+        let again = uploads.put("ns", "d", "u1", 0, size, body(&image)).await;
+        assert_eq!(again.body["phase"], "Complete");
+        assert_eq!(std::fs::read(dir.path().join("vol.raw")).unwrap(), image);
     }
 
     #[tokio::test]

@@ -205,7 +205,7 @@ async fn wait_ready(
         let (phase, received, message) = state(client, ns, name).await?;
         match phase.as_str() {
             "UploadReady" => return Ok(Some(received)),
-            "Succeeded" => return Ok(None),
+            "Succeeded" | "Complete" => return Ok(None),
             "Failed" => bail!("DataVolume {ns}/{name} failed: {message}"),
             _ => {}
         }
