@@ -14,6 +14,7 @@ mod node;
 pub mod qmp;
 pub mod runner;
 pub mod sim;
+pub mod storage;
 pub mod tls;
 pub mod vm;
 
@@ -47,6 +48,8 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// The shared storage pool this node mounts (the same path on every node that has it), if any.
     pub shared_pool: Option<PathBuf>,
+    /// Where volumes of node-local classes live.
+    pub local_pool: PathBuf,
 }
 
 /// The accelerator setting: `auto` boot-probes KVM and falls back to TCG.
@@ -62,7 +65,7 @@ impl AgentConfig {
     pub fn new(node_name: &str, data_dir: PathBuf) -> Self {
         Self {
             node_name: node_name.to_string(),
-            data_dir,
+            data_dir: data_dir.clone(),
             zone: "default".into(),
             pool: "default".into(),
             heartbeat_interval: Duration::from_secs(10),
@@ -72,6 +75,7 @@ impl AgentConfig {
             accel: AccelChoice::Auto,
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             shared_pool: None,
+            local_pool: data_dir.join("pool"),
         }
     }
 }
@@ -186,6 +190,8 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
     let reporter = node::Reporter::new(client.clone(), config.clone(), facts, accel, advertised);
     tokio::join!(
         reporter.run(),
+        storage::provision::run(client.clone(), config.clone(), vms.clone()),
+        storage::snapshot::run(client.clone(), config.clone(), vms.clone()),
         runner::run(client, config, accel, vms, host),
         endpoint.serve(listener, server_tls),
     );

@@ -46,6 +46,26 @@ pub(crate) enum Command {
     BlockStats(oneshot::Sender<Value>),
     /// The instance's migration state as last seen; repeated, idempotent.
     Migration(Box<MigrationState>),
+    /// Grow the disk whose image is this file to this many bytes (`block_resize`); the guest sees
+    /// the new size at once. Answers None when no disk of this instance is that file.
+    GrowDisk {
+        path: PathBuf,
+        size: u64,
+        reply: oneshot::Sender<Option<Result<(), String>>>,
+    },
+    /// Take these internal snapshots `(file, name)` of this instance's disks in one transaction,
+    /// the guest stopped only for it. Answers None when a file is not a disk of this instance.
+    SnapshotDisks {
+        disks: Vec<(PathBuf, String)>,
+        reply: oneshot::Sender<Option<Result<crate::storage::snapshot::Taken, String>>>,
+    },
+    /// Delete the internal snapshot `name` of the disk whose image is `path`; None when no disk of
+    /// this instance is that file.
+    DeleteDiskSnapshot {
+        path: PathBuf,
+        name: String,
+        reply: oneshot::Sender<Option<Result<(), String>>>,
+    },
 }
 
 /// A running instance as the endpoint and the metrics see it.
@@ -66,6 +86,9 @@ impl std::fmt::Debug for Command {
             Command::Pause(_) => "Pause",
             Command::BlockStats(_) => "BlockStats",
             Command::Migration(_) => "Migration",
+            Command::GrowDisk { .. } => "GrowDisk",
+            Command::SnapshotDisks { .. } => "SnapshotDisks",
+            Command::DeleteDiskSnapshot { .. } => "DeleteDiskSnapshot",
         })
     }
 }
@@ -80,6 +103,71 @@ impl VmHandle {
             .ok()?
             .ok()
     }
+
+    /// Grows the instance's disk backed by `path` while it runs; None when it has no such disk.
+    pub async fn grow_disk(&self, path: &Path, size: u64) -> Option<Result<(), String>> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::GrowDisk {
+            path: path.to_path_buf(),
+            size,
+            reply,
+        };
+        self.commands.send(command).ok()?;
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .ok()?
+            .ok()?
+    }
+
+    /// Takes internal snapshots of the instance's disks in one transaction; None when one of the
+    /// files is not its disk.
+    pub async fn snapshot_disks(
+        &self,
+        disks: &[(PathBuf, String)],
+    ) -> Option<Result<crate::storage::snapshot::Taken, String>> {
+        let (reply, rx) = oneshot::channel();
+        let disks = disks.to_vec();
+        self.commands
+            .send(Command::SnapshotDisks { disks, reply })
+            .ok()?;
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .ok()?
+            .ok()?
+    }
+
+    /// Deletes an internal snapshot of the instance's disk `path`; None when it has no such disk.
+    pub async fn delete_disk_snapshot(&self, path: &Path, name: &str) -> Option<Result<(), String>> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::DeleteDiskSnapshot {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            reply,
+        };
+        self.commands.send(command).ok()?;
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .ok()?
+            .ok()?
+    }
+}
+
+/// Finds the block node that opens `path` and grows it to `size` bytes.
+async fn grow_disk(qmp: &crate::qmp::Qmp, path: &Path, size: u64) -> Option<Result<(), String>> {
+    let nodes = qmp.execute("query-named-block-nodes", None).await.ok()?;
+    let wanted = path.to_string_lossy();
+    let node = nodes
+        .as_array()?
+        .iter()
+        .find(|n| n["file"].as_str() == Some(&wanted) && n["drv"].as_str() != Some("file"))?;
+    let name = node["node-name"].as_str()?.to_string();
+    let args = json!({"node-name": name, "size": size});
+    Some(
+        qmp.execute("block_resize", Some(args))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("block_resize: {e}")),
+    )
 }
 
 /// The instances this agent runs now, by uid.
@@ -99,6 +187,7 @@ pub(crate) struct Runner {
     accel: Accel,
     pub(crate) vmi_kind: KindInfo,
     secret_kind: KindInfo,
+    storage: crate::storage::Kinds,
     vms: Vms,
     /// The address other nodes' QEMUs reach this node's on, for incoming migrations.
     pub(crate) migration_host: String,
@@ -121,6 +210,7 @@ pub async fn run(
         events: Recorder::new(client.clone(), "vmo-agent", &config.node_name),
         vmi_kind: *registry.resolve("vmi").expect("vmis are registered"),
         secret_kind: *registry.resolve("secrets").expect("secrets are registered"),
+        storage: crate::storage::Kinds::new(),
         config,
         accel,
         vms,
@@ -326,6 +416,53 @@ impl Runner {
         }
     }
 
+    /// The files of the instance's claimed volumes, or why it must wait for them.
+    async fn claimed_disks(
+        &self,
+        vmi: &Object,
+        spec: &VmiSpec,
+    ) -> Result<std::collections::BTreeMap<String, PathBuf>, crate::storage::claims::NotReady> {
+        crate::storage::claims::resolve_all(
+            &self.client,
+            &self.storage,
+            &self.config.node_name,
+            &vmi.metadata.namespace,
+            spec,
+        )
+        .await
+    }
+
+    /// Shows why the instance waits for its volumes (once per distinct reason), as KubeVirt's
+    /// Ready condition does; the VM's printableStatus follows the reason.
+    async fn note_waiting(&self, vmi: &Object, why: &crate::storage::claims::NotReady) {
+        let shown = vmi.status()["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["message"] == why.message.as_str())
+        });
+        if shown {
+            return;
+        }
+        let mut conditions: Vec<Value> = vmi.status()["conditions"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter(|c| c["type"] != "Ready")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        conditions.push(
+            json!({"type": "Ready", "status": "False", "reason": why.reason,
+                               "message": why.message}),
+        );
+        let _ = self
+            .set_status(vmi, json!({"conditions": conditions}))
+            .await;
+        self.events
+            .record(vmi, EventType::Normal, why.reason, &why.message)
+            .await;
+    }
+
     async fn secrets_for(&self, vmi: &Object, spec: &VmiSpec) -> Result<Secrets, PlanError> {
         let mut secrets = Secrets::new();
         for (i, v) in spec.volumes.iter().enumerate() {
@@ -363,6 +500,13 @@ impl Runner {
                 why: e.detail,
             })?;
         let secrets = self.secrets_for(vmi, &spec).await?;
+        let claims = self
+            .claimed_disks(vmi, &spec)
+            .await
+            .map_err(|e| PlanError {
+                field: "spec.volumes".into(),
+                why: e.message,
+            })?;
         let hostname = spec
             .hostname
             .clone()
@@ -374,7 +518,7 @@ impl Runner {
         let disks = {
             let (spec, run_dir) = (spec.clone(), run_dir.to_path_buf());
             tokio::task::spawn_blocking(move || {
-                disks::prepare(&spec, &run_dir, &identity, &secrets)
+                disks::prepare(&spec, &run_dir, &identity, &secrets, &claims)
             })
             .await
             .map_err(|e| PlanError {
@@ -529,6 +673,14 @@ impl Runner {
                     self.fail(&vmi, "RunDirectory", &e.to_string()).await;
                     return None;
                 }
+                if let Ok(spec) = vmo_api::kinds::kubevirt::decode_at::<VmiSpec>(vmi.spec(), "spec")
+                {
+                    if let Err(why) = self.claimed_disks(&vmi, &spec).await {
+                        self.note_waiting(&vmi, &why).await;
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        return None;
+                    }
+                }
                 let plan = match self.plan(&vmi, &run_dir, false).await {
                     Ok(p) => p,
                     Err(e) => {
@@ -620,6 +772,8 @@ impl Runner {
         // An outgoing live migration, polled until QEMU says how it ended.
         let mut outgoing: Option<crate::migration::Outgoing> = None;
         let mut migrated_away = false;
+        // STOP and RESUME events still to come from a snapshot's stop and cont.
+        let mut snapshot_pause_events = 0u8;
         let mut poll = tokio::time::interval(crate::migration::POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -632,6 +786,10 @@ impl Runner {
             tokio::select! {
                 event = qemu.events.recv() => match event {
                     Some(e) if e.name == "SHUTDOWN" => guest_shutdown = e.data["guest"].as_bool().unwrap_or(false) || stop_deadline.is_some(),
+                    // The stop and cont around a snapshot are not a user's pause.
+                    Some(e) if (e.name == "STOP" || e.name == "RESUME") && snapshot_pause_events > 0 => {
+                        snapshot_pause_events -= 1;
+                    }
                     Some(e) if e.name == "STOP" || e.name == "RESUME" => {
                         let paused = e.name == "STOP";
                         let _ = self.set_status(&vmi, json!({"conditions": conditions(true, paused)})).await;
@@ -663,6 +821,19 @@ impl Runner {
                     Some(Command::BlockStats(reply)) => {
                         let stats = qemu.qmp.execute("query-blockstats", None).await.unwrap_or(Value::Null);
                         let _ = reply.send(stats);
+                    }
+                    Some(Command::GrowDisk { path, size, reply }) => {
+                        let _ = reply.send(grow_disk(&qemu.qmp, &path, size).await);
+                    }
+                    Some(Command::SnapshotDisks { disks, reply }) => {
+                        let taken = crate::storage::snapshot::take_in_qemu(&qemu.qmp, &disks).await;
+                        if matches!(&taken, Some(Ok(t)) if !t.paused.is_zero()) {
+                            snapshot_pause_events = 2;
+                        }
+                        let _ = reply.send(taken);
+                    }
+                    Some(Command::DeleteDiskSnapshot { path, name, reply }) => {
+                        let _ = reply.send(crate::storage::snapshot::delete_in_qemu(&qemu.qmp, &path, &name).await);
                     }
                     Some(Command::Stop { grace }) if stop_deadline.is_some() => {
                         // A later stop may shorten the grace period (vmo stop --force).

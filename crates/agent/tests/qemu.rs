@@ -25,7 +25,14 @@ fn plan_for(spec: &VmiSpec, run_dir: &Path, name: &str, uuid: &str) -> LaunchPla
         instance_id: uuid.to_string(),
         hostname: name.to_string(),
     };
-    let disks = disks::prepare(spec, run_dir, &identity, &Secrets::new()).expect("disks");
+    let disks = disks::prepare(
+        spec,
+        run_dir,
+        &identity,
+        &Secrets::new(),
+        &Default::default(),
+    )
+    .expect("disks");
     let kernel = spec
         .domain
         .firmware
@@ -231,7 +238,14 @@ fn missing_disks_are_named() {
         instance_id: "x".into(),
         hostname: "x".into(),
     };
-    let e = disks::prepare(&spec, dir.path(), &identity, &Secrets::new()).unwrap_err();
+    let e = disks::prepare(
+        &spec,
+        dir.path(),
+        &identity,
+        &Secrets::new(),
+        &Default::default(),
+    )
+    .unwrap_err();
     assert_eq!(e.field, "spec.volumes[0].hostDisk.path");
     assert!(e.why.contains("/nonexistent/disk.img does not exist"));
 }

@@ -3,8 +3,10 @@
 //! and prints where they are.
 
 pub mod cluster;
+pub mod files;
 pub mod netns;
 pub use cluster::{AgentProcess, Cluster};
+pub use files::FileServer;
 pub use netns::HostNetwork;
 
 use std::future::Future;

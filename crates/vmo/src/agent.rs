@@ -33,6 +33,10 @@ pub struct NodeArgs {
     /// inside it live-migrate without copying.
     #[arg(long)]
     pub shared_pool: Option<PathBuf>,
+    /// Where this node keeps the volumes of node-local storage classes (default: `pool` in the
+    /// data directory).
+    #[arg(long)]
+    pub local_pool: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -48,6 +52,9 @@ impl NodeArgs {
         config.heartbeat_interval = self.heartbeat_interval;
         config.listen = self.agent_listen.unwrap_or(default_listen);
         config.shared_pool = self.shared_pool.clone();
+        if let Some(pool) = &self.local_pool {
+            config.local_pool = pool.clone();
+        }
         config.lease_duration = (self.heartbeat_interval * 4).max(Duration::from_secs(1));
         config.accel = match self.accel.as_str() {
             "kvm" => vmo_agent::AccelChoice::Kvm,

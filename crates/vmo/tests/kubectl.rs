@@ -1,5 +1,6 @@
 //! kubectl, the outside client VM administrators already use, against a live `vmo up`: apply, get
-//! (table, JSON path, watch-free), and delete of a VirtualMachine from the repository's example.
+//! (table, JSON path, watch-free), and delete of a VirtualMachine from the repository's example;
+//! storage classes, a DataVolume and its claim, and a claim kubectl sends with a bad size.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -122,4 +123,45 @@ async fn round_trip(kubectl: &Path) {
     assert!(success && out.contains("\"demo\" deleted"), "{out}{err}");
     let (success, _, err) = run(&["get", "vm", "demo"], None);
     assert!(!success && err.contains("NotFound"), "{err}");
+
+    // Storage kinds as CDI and Kubernetes users write them: the built-in classes, a DataVolume
+    // (which gets its claim), and a claim whose size is not a size.
+    let (success, out, err) = run(&["get", "storageclass"], None);
+    assert!(
+        success && out.contains("local (default)") && out.contains("vmo.io/shared"),
+        "{out}{err}"
+    );
+    let dv = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: blank\nspec:\n  source:\n    blank: {}\n  storage:\n    resources:\n      requests:\n        storage: 1Gi\n";
+    let (success, out, err) = run(&["apply", "-f", "-"], Some(dv));
+    assert!(
+        success && out.contains("datavolume.cdi.kubevirt.io/blank created"),
+        "{out}{err}"
+    );
+    // The controller makes the claim a moment later.
+    let mode = vmo_testkit::wait_for(
+        "the DataVolume's claim",
+        std::time::Duration::from_secs(30),
+        || async {
+            let args = [
+                "get",
+                "pvc",
+                "blank",
+                "-o",
+                "jsonpath={.spec.accessModes[0]}",
+            ];
+            let (success, out, _) = run(&args, None);
+            (success && !out.is_empty()).then_some(out)
+        },
+    )
+    .await;
+    assert_eq!(
+        mode, "ReadWriteOnce",
+        "the claim takes the profile's access mode"
+    );
+    let pvc = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: bad\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: lots\n";
+    let (success, _, err) = run(&["apply", "-f", "-"], Some(pvc));
+    assert!(
+        !success && err.contains("spec.resources.requests[storage]"),
+        "{err}"
+    );
 }

@@ -71,6 +71,7 @@ pub fn prepare(
     run_dir: &Path,
     identity: &Identity,
     secrets: &Secrets,
+    claims: &BTreeMap<String, PathBuf>,
 ) -> Result<Vec<DiskPlan>, PlanError> {
     let mut plans = Vec::new();
     for (i, disk) in spec.domain.devices.disks.iter().enumerate() {
@@ -86,7 +87,17 @@ pub fn prepare(
                 )
             })?;
         let field = format!("spec.volumes[{index}]");
-        let (path, format) = prepare_volume(volume, &field, run_dir, identity, secrets)?;
+        let (path, format) = match claims.get(&volume.name) {
+            Some(file) if volume.ephemeral.is_some() => (
+                overlay(file, run_dir, &volume.name, &format!("{field}.ephemeral"))?,
+                "qcow2".into(),
+            ),
+            Some(file) => {
+                let f = format!("{field}.persistentVolumeClaim");
+                (file.clone(), image_format(file, &f)?)
+            }
+            None => prepare_volume(volume, &field, run_dir, identity, secrets)?,
+        };
         plans.push(DiskPlan::new(disk, path, &format).map_err(|e| err(field.clone(), e.why))?);
     }
     Ok(plans)
@@ -144,25 +155,10 @@ fn prepare_volume(
                 format!("{image:?} is not an image file on this node"),
             ));
         }
-        let backing_format = image_format(Path::new(image), &f)?;
-        let path = run_dir.join(format!("{}.overlay.qcow2", volume.name));
-        let _ = std::fs::remove_file(&path);
-        run(
-            Command::new("qemu-img")
-                .args([
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-F",
-                    &backing_format,
-                    "-b",
-                    image,
-                ])
-                .arg(&path),
-            &f,
-        )?;
-        return Ok((path, "qcow2".into()));
+        return Ok((
+            overlay(Path::new(image), run_dir, &volume.name, &f)?,
+            "qcow2".into(),
+        ));
     }
     if let Some(ci) = &volume.cloud_init_no_cloud {
         let path = run_dir.join(format!("{}.cidata.iso", volume.name));
@@ -176,9 +172,6 @@ fn prepare_volume(
         )?;
         return Ok((path, "raw".into()));
     }
-    if volume.ephemeral.is_some() {
-        return Err(err(format!("{field}.ephemeral"), "ephemeral volumes are overlays on PersistentVolumeClaims, which this node cannot provide yet; use containerDisk with an image path"));
-    }
     let source = volume
         .extra
         .keys()
@@ -189,6 +182,21 @@ fn prepare_volume(
         field.to_string(),
         format!("volume source {source:?} is not supported on this node yet"),
     ))
+}
+
+/// A fresh copy-on-write overlay on `image` in the run directory, discarded with the instance.
+fn overlay(image: &Path, run_dir: &Path, volume: &str, field: &str) -> Result<PathBuf, PlanError> {
+    let backing_format = image_format(image, field)?;
+    let path = run_dir.join(format!("{volume}.overlay.qcow2"));
+    let _ = std::fs::remove_file(&path);
+    run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", &backing_format, "-b"])
+            .arg(image)
+            .arg(&path),
+        field,
+    )?;
+    Ok(path)
 }
 
 fn decode_b64(text: &str, field: String) -> Result<Vec<u8>, PlanError> {

@@ -52,8 +52,14 @@ pub struct ImageUploadArgs {
     #[arg(long)]
     pub limit_rate: Option<String>,
     /// Give up waiting for the DataVolume after this many seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, alias = "wait-secs", default_value_t = 600)]
     pub timeout: u64,
+    /// Accepted for virtctl's command lines; vmo trusts the kubeconfig's CA and needs no
+    /// upload proxy, and its upload DataVolumes are bound at once anyway.
+    #[arg(long, hide = true)]
+    pub insecure: bool,
+    #[arg(long, hide = true)]
+    pub force_bind: bool,
 }
 
 /// A stretch of a local file to upload: a whole image, or a disk inside an OVA.

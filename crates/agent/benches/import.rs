@@ -1,0 +1,330 @@
+//! Import throughput against `qemu-img convert` of the same file alone. The disk is raw (2 GiB by
+//! default) of 1 MiB chunks, about half random data and half holes, and the same disk as qcow2.
+//! Each is served by a local HTTP server (this binary again, as a separate process, reading the
+//! file in 1 MiB pieces, as a remote web server would stand apart) and imported into a qcow2
+//! volume; it is also imported as an upload stream read straight from the file (the pipeline
+//! without the network). The baseline is `qemu-img convert -O qcow2` of the file on disk into a
+//! new file, which does the same format work without the network, run as by default (output not
+//! flushed: its default cache mode is `unsafe`) and with `-t writeback` (flushed at the end, as
+//! an import's volume is). Every run starts with no dirty pages (`sync`) and reads its source
+//! from the page cache.
+//!
+//! Prints per case the median of the runs: wall seconds, MiB/s of the disk's virtual size, CPU
+//! seconds (this process and the children it waited for: qemu-storage-daemon, qemu-img; not the
+//! HTTP server), and the import's throughput and CPU relative to the flushed baseline.
+//!
+//! Run: `cargo bench -p vmo-agent --bench import`. VMO_IMPORT_BENCH_MIB (disk size in MiB,
+//! default 2048) and VMO_IMPORT_BENCH_RUNS (runs per case, default 5) change it.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use std::io::{BufRead, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use vmo_agent::storage::import::{self, HttpSource, Method, Progress, Target, VolumeFormat};
+
+const MIB: u64 = 1 << 20;
+const SERVE_ENV: &str = "VMO_IMPORT_BENCH_SERVE";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// CPU seconds of this process and of its waited-for children, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14-17 (11-14 after the state).
+    let ticks: u64 = fields[11..15].iter().sum();
+    ticks as f64 / 100.0
+}
+
+/// A sparse raw disk of `mib` MiB: each MiB is random data or a hole, about half each.
+fn make_disk(path: &Path, mib: u64) {
+    let file = std::fs::File::create(path).unwrap();
+    file.set_len(mib * MIB).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut chunk = vec![0u8; MIB as usize];
+    for i in 0..mib {
+        if next() % 2 == 0 {
+            continue;
+        }
+        for word in chunk.chunks_exact_mut(8) {
+            word.copy_from_slice(&next().to_le_bytes());
+        }
+        file.write_all_at(&chunk, i * MIB).unwrap();
+    }
+    file.sync_all().unwrap();
+}
+
+/// The HTTP server process: serves the files of `dir`, prints its port, runs until killed.
+fn serve(dir: PathBuf) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap().port());
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let path = dir.join(req.uri().path().trim_start_matches('/'));
+                    async move { Ok::<_, std::convert::Infallible>(file_response(&path)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// The file, read in 1 MiB pieces by a blocking thread.
+fn file_response(path: &Path) -> hyper::Response<Body> {
+    let mut file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len();
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    std::thread::spawn(move || loop {
+        let mut buf = vec![0u8; MIB as usize];
+        let n = match file.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        buf.truncate(n);
+        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+            return;
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((item.map(Frame::data), rx))
+    });
+    hyper::Response::builder()
+        .header("content-length", len)
+        .header("accept-ranges", "bytes")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap()
+}
+
+/// The server process, killed when dropped.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A run's wall and CPU time.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    cpu: f64,
+}
+
+fn median(mut v: Vec<Sample>) -> Sample {
+    v.sort_by(|a, b| a.wall.cmp(&b.wall));
+    let wall = v[v.len() / 2].wall;
+    let mut cpus: Vec<f64> = v.iter().map(|s| s.cpu).collect();
+    cpus.sort_by(f64::total_cmp);
+    Sample {
+        wall,
+        cpu: cpus[cpus.len() / 2],
+    }
+}
+
+fn measure(f: impl FnOnce()) -> Sample {
+    let (start, cpu) = (Instant::now(), cpu_seconds());
+    f();
+    Sample {
+        wall: start.elapsed(),
+        cpu: cpu_seconds() - cpu,
+    }
+}
+
+fn main() {
+    if let Ok(dir) = std::env::var(SERVE_ENV) {
+        serve(PathBuf::from(dir));
+        return;
+    }
+    let mib = env_or("VMO_IMPORT_BENCH_MIB", 2048);
+    let runs = env_or("VMO_IMPORT_BENCH_RUNS", 5).max(1);
+    let work = tempfile::Builder::new()
+        .prefix("vmo-import-bench-")
+        .tempdir()
+        .unwrap();
+    let src = work.path().join("src");
+    let pool = work.path().join("pool");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&pool).unwrap();
+    let raw = src.join("disk.raw");
+    let qcow2 = src.join("disk.qcow2");
+    eprintln!("making a {mib} MiB disk in {}", work.path().display());
+    make_disk(&raw, mib);
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2));
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(SERVE_ENV, &src)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let _server = Server(child);
+    let base = format!("http://127.0.0.1:{}", port.trim());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = pool.join("disk");
+    // Each run starts with no dirty pages to write back, or whoever runs after a big write is
+    // throttled to the disk's speed.
+    let settle = || {
+        let _ = std::fs::remove_file(&out);
+        run(&mut Command::new("sync"));
+    };
+    let baseline = |input: &Path, format: &str, flushed: bool| {
+        settle();
+        let mut cmd = Command::new("qemu-img");
+        cmd.arg("convert");
+        if flushed {
+            cmd.args(["-t", "writeback"]);
+        }
+        cmd.args(["-f", format, "-O", "qcow2"]).arg(input).arg(&out);
+        measure(|| run(&mut cmd))
+    };
+    // Over HTTP, or as an upload stream read straight from the file.
+    let import = |name: &str, expect: Method, http: bool| {
+        settle();
+        let target = Target {
+            path: out.clone(),
+            format: VolumeFormat::Qcow2,
+            capacity: mib * MIB,
+        };
+        measure(|| {
+            let got = rt
+                .block_on(async {
+                    if http {
+                        let src = HttpSource {
+                            url: format!("{base}/{name}"),
+                            ..Default::default()
+                        };
+                        import::import_http(&src, &target, Progress::none()).await
+                    } else {
+                        let file = tokio::fs::File::open(src.join(name)).await.unwrap();
+                        let len = file.metadata().await.unwrap().len();
+                        import::import_stream(file, Some(len), &target, None, Progress::none())
+                            .await
+                    }
+                })
+                .unwrap_or_else(|e| panic!("importing {name}: {e}"));
+            assert_eq!(got.method, expect, "{name}");
+        })
+    };
+
+    println!(
+        "import of a {mib} MiB disk (about half data) into a qcow2 volume, median of {runs} runs"
+    );
+    println!(
+        "{:<52} {:>7} {:>6} {:>6} {:>8} {:>8}",
+        "case", "seconds", "MiB/s", "CPU s", "speed", "CPU"
+    );
+    let rate = |s: Sample| mib as f64 / s.wall.as_secs_f64();
+    for (name, format, input, method) in [
+        ("disk.raw", "raw", &raw, Method::Streamed),
+        ("disk.qcow2", "qcow2", &qcow2, Method::AsIs),
+    ] {
+        let (mut plain, mut flushed) = (Vec::new(), Vec::new());
+        let (mut http, mut stream) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            plain.push(baseline(input, format, false));
+            flushed.push(baseline(input, format, true));
+            http.push(import(name, method, true));
+            stream.push(import(name, method, false));
+        }
+        // The last import's volume holds the disk.
+        run(Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "qcow2"])
+            .arg(&raw)
+            .arg(&out));
+        let reference = median(flushed.clone());
+        for (case, samples, relative) in [
+            (
+                format!("qemu-img convert -f {format} -O qcow2 (default)"),
+                plain,
+                false,
+            ),
+            (
+                format!("qemu-img convert -t writeback -f {format} -O qcow2"),
+                flushed,
+                false,
+            ),
+            (format!("import over HTTP: {format} ({method:?})"), http, true),
+            (
+                format!("import of a local stream: {format} ({method:?})"),
+                stream,
+                true,
+            ),
+        ] {
+            let s = median(samples);
+            let mut line = format!(
+                "{case:<52} {:>7.2} {:>6.0} {:>6.2}",
+                s.wall.as_secs_f64(),
+                rate(s),
+                s.cpu
+            );
+            if relative {
+                line.push_str(&format!(
+                    " {:>7.2}x {:>7.2}x",
+                    rate(s) / rate(reference),
+                    s.cpu / reference.cpu
+                ));
+            }
+            println!("{line}");
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! Writing the image stream into a file while it arrives: the raw data straight into the volume
+//! (through qemu-storage-daemon's NBD export for qcow2 volumes, into the file itself for raw
+//! ones), other formats into the file qemu-img will read. Blocks that are all zeroes are skipped,
+//! so every file stays sparse; the target is always a fresh file, which reads as zeroes there.
+
+use super::detect::{self, Format, HEAD_LEN};
+use super::qemu;
+use super::source::{ProgressState, Source};
+use super::{Files, ImportError, Target, VolumeFormat};
+use crate::storage::nbd::{NbdClient, NbdError};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::process::ChildStdout;
+use tokio::task::JoinHandle;
+
+/// Bytes written per request (a multiple of every granularity below).
+const CHUNK: usize = 2 << 20;
+/// Held back at the end of a raw stream until its end is known: a fixed VHD's footer.
+const TAIL: usize = 512;
+/// Zero detection granularity for qcow2 (its cluster size: smaller holes save nothing).
+const QCOW2_GRANULE: usize = 64 << 10;
+/// Zero detection granularity for plain files (the file system's block).
+const FILE_GRANULE: usize = 4 << 10;
+
+/// The image stream: the source itself, or a decompressor's output.
+pub(crate) enum Reader<'s, 'a> {
+    Plain(&'s mut Source<'a>),
+    Decompressed {
+        stdout: &'s mut ChildStdout,
+        program: &'static str,
+    },
+}
+
+impl Reader<'_, '_> {
+    async fn read(&mut self, out: &mut [u8]) -> Result<usize, ImportError> {
+        match self {
+            Reader::Plain(source) => source.read(out).await,
+            Reader::Decompressed { stdout, program } => {
+                stdout.read(out).await.map_err(|e| ImportError::Tool {
+                    tool: program,
+                    detail: format!("reading its output: {e}"),
+                })
+            }
+        }
+    }
+}
+
+/// What the stream became.
+#[derive(Debug)]
+pub(crate) enum Written {
+    /// Raw data in `<path>.partial`, already `capacity` bytes long.
+    Raw { data_len: u64, vhd_fixed: bool },
+    /// An image file: `<path>.partial` for a qcow2 into a qcow2 volume, else `<path>.scratch`.
+    File { format: Format },
+}
+
+/// Reads the whole image stream into the file its format calls for. `raw_len` is the stream's
+/// length when it is the source's own (not decompressed).
+pub(crate) async fn consume(
+    reader: &mut Reader<'_, '_>,
+    target: &Target,
+    files: &Files,
+    progress: &ProgressState,
+    raw_len: Option<u64>,
+) -> Result<Written, ImportError> {
+    let mut head = vec![0u8; HEAD_LEN];
+    let mut filled = 0;
+    while filled < HEAD_LEN {
+        let n = reader.read(&mut head[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    head.truncate(filled);
+    let format = detect::format(&head).map_err(ImportError::Unsupported)?;
+    let capacity = target.capacity;
+    let too_large = |virtual_size, exact| ImportError::TooLarge {
+        virtual_size,
+        capacity,
+        exact,
+    };
+    if let Some(size) = detect::header_virtual_size(format, &head) {
+        if size > capacity {
+            return Err(too_large(size, true));
+        }
+    }
+    match format {
+        Format::Raw => {
+            // The last 512 bytes may be a fixed VHD's footer, which is not part of the disk.
+            if let Some(len) = raw_len.filter(|l| *l > capacity + TAIL as u64) {
+                return Err(too_large(len, true));
+            }
+            progress.set_download_share(1.0);
+            let mut sink = match target.format {
+                VolumeFormat::Raw => Sink::file(&files.partial, &files.dir, Some(capacity))?,
+                VolumeFormat::Qcow2 => {
+                    qemu::create(&files.partial, VolumeFormat::Qcow2, capacity, &files.dir).await?;
+                    let daemon = qemu::Daemon::serve(&files.partial, &files.socket).await?;
+                    let client = NbdClient::connect_unix(&files.socket, qemu::EXPORT)
+                        .await
+                        .map_err(ImportError::Nbd)?;
+                    Sink::Nbd {
+                        client,
+                        daemon: Box::new(daemon),
+                        dir: files.dir.clone(),
+                    }
+                }
+            };
+            let copied = copy(reader, head, &mut sink, Some(capacity), true).await?;
+            sink.finish(None).await?;
+            Ok(Written::Raw {
+                data_len: copied.data_len,
+                vhd_fixed: copied.data_len != copied.len,
+            })
+        }
+        Format::Qcow2 if target.format == VolumeFormat::Qcow2 => {
+            progress.set_download_share(0.95);
+            let mut sink = Sink::file(&files.partial, &files.dir, None)?;
+            let copied = copy(reader, head, &mut sink, None, false).await?;
+            sink.finish(Some(copied.len)).await?;
+            Ok(Written::File { format })
+        }
+        _ => {
+            progress.set_download_share(0.9);
+            let mut sink = Sink::file(&files.scratch, &files.dir, None)?;
+            let copied = copy(reader, head, &mut sink, None, false).await?;
+            sink.finish(Some(copied.len)).await?;
+            Ok(Written::File { format })
+        }
+    }
+}
+
+struct Copied {
+    /// Bytes in the stream.
+    len: u64,
+    /// Bytes of disk data (the stream without a fixed VHD's footer).
+    data_len: u64,
+}
+
+/// Copies the stream (starting with `head`) into `sink`, at most `limit` bytes of data.
+async fn copy(
+    reader: &mut Reader<'_, '_>,
+    head: Vec<u8>,
+    sink: &mut Sink,
+    limit: Option<u64>,
+    vhd_footer: bool,
+) -> Result<Copied, ImportError> {
+    let mut buf = vec![0u8; CHUNK + TAIL];
+    buf[..head.len()].copy_from_slice(&head);
+    let mut filled = head.len();
+    let mut offset = 0u64;
+    let mut spare: Option<Vec<u8>> = None;
+    loop {
+        let mut eof = false;
+        while filled < buf.len() {
+            let n = reader.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            filled += n;
+        }
+        if eof {
+            break;
+        }
+        if let Some(limit) = limit.filter(|l| offset + CHUNK as u64 > *l) {
+            return Err(ImportError::TooLarge {
+                virtual_size: offset + CHUNK as u64,
+                capacity: limit,
+                exact: false,
+            });
+        }
+        let mut next = spare.take().unwrap_or_else(|| vec![0u8; CHUNK + TAIL]);
+        next[..TAIL].copy_from_slice(&buf[CHUNK..]);
+        let full = std::mem::replace(&mut buf, next);
+        spare = Some(sink.write(offset, full, CHUNK).await?);
+        offset += CHUNK as u64;
+        filled = TAIL;
+    }
+    let len = offset + filled as u64;
+    let data_len = if vhd_footer
+        && filled >= TAIL
+        && detect::is_fixed_vhd_footer(&buf[filled - TAIL..filled], len - TAIL as u64)
+    {
+        len - TAIL as u64
+    } else {
+        len
+    };
+    if let Some(limit) = limit.filter(|l| data_len > *l) {
+        return Err(ImportError::TooLarge {
+            virtual_size: data_len,
+            capacity: limit,
+            exact: true,
+        });
+    }
+    let last = (data_len - offset) as usize;
+    if last > 0 {
+        sink.write(offset, buf, last).await?;
+    }
+    Ok(Copied { len, data_len })
+}
+
+/// Where the bytes go.
+enum Sink {
+    /// A file written by a blocking task, one chunk in flight while the next is read.
+    File {
+        file: Arc<std::fs::File>,
+        path: PathBuf,
+        dir: PathBuf,
+        in_flight: Option<JoinHandle<(Vec<u8>, std::io::Result<()>)>>,
+    },
+    /// A qcow2 volume exported by qemu-storage-daemon.
+    Nbd {
+        client: NbdClient,
+        daemon: Box<qemu::Daemon>,
+        dir: PathBuf,
+    },
+}
+
+fn write_error(path: &Path, dir: &Path, e: std::io::Error) -> ImportError {
+    if e.raw_os_error() == Some(28) {
+        ImportError::NoSpace {
+            dir: dir.to_path_buf(),
+            detail: format!("writing {}: {e}", path.display()),
+        }
+    } else {
+        ImportError::Io {
+            what: "writing",
+            path: path.to_path_buf(),
+            error: e,
+        }
+    }
+}
+
+fn nbd_error(dir: &Path, e: NbdError) -> ImportError {
+    if e.is_no_space() {
+        ImportError::NoSpace {
+            dir: dir.to_path_buf(),
+            detail: e.to_string(),
+        }
+    } else {
+        ImportError::Nbd(e)
+    }
+}
+
+impl Sink {
+    /// A new file at `path`, `len` bytes long if given.
+    fn file(path: &Path, dir: &Path, len: Option<u64>) -> Result<Self, ImportError> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|error| ImportError::Io {
+                what: "creating",
+                path: path.to_path_buf(),
+                error,
+            })?;
+        if let Some(len) = len {
+            file.set_len(len).map_err(|e| write_error(path, dir, e))?;
+        }
+        Ok(Sink::File {
+            file: Arc::new(file),
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+            in_flight: None,
+        })
+    }
+
+    /// Waits for the file write in flight; returns its buffer.
+    async fn settle(&mut self) -> Result<Option<Vec<u8>>, ImportError> {
+        let Sink::File {
+            in_flight,
+            path,
+            dir,
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        let Some(task) = in_flight.take() else {
+            return Ok(None);
+        };
+        let (buf, result) = task.await.map_err(|e| ImportError::Io {
+            what: "writing",
+            path: path.clone(),
+            error: std::io::Error::other(e),
+        })?;
+        result.map_err(|e| write_error(path, dir, e))?;
+        Ok(Some(buf))
+    }
+
+    /// Writes the non-zero blocks of `buf[..len]` at `offset`; returns a buffer to reuse.
+    async fn write(
+        &mut self,
+        offset: u64,
+        buf: Vec<u8>,
+        len: usize,
+    ) -> Result<Vec<u8>, ImportError> {
+        let spare = self.settle().await?;
+        match self {
+            Sink::File {
+                file, in_flight, ..
+            } => {
+                let file = file.clone();
+                *in_flight = Some(tokio::task::spawn_blocking(move || {
+                    let mut result = Ok(());
+                    for (start, end) in nonzero_runs(&buf[..len], FILE_GRANULE) {
+                        result = file.write_all_at(&buf[start..end], offset + start as u64);
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    (buf, result)
+                }));
+                Ok(spare.unwrap_or_else(|| vec![0u8; CHUNK + TAIL]))
+            }
+            Sink::Nbd { client, dir, .. } => {
+                for (start, end) in nonzero_runs(&buf[..len], QCOW2_GRANULE) {
+                    client
+                        .write(offset + start as u64, &buf[start..end])
+                        .await
+                        .map_err(|e| nbd_error(dir, e))?;
+                }
+                Ok(buf)
+            }
+        }
+    }
+
+    /// Completes every write and makes it durable; a file is cut to `len` bytes if given.
+    async fn finish(mut self, len: Option<u64>) -> Result<(), ImportError> {
+        self.settle().await?;
+        match self {
+            Sink::File {
+                file, path, dir, ..
+            } => tokio::task::spawn_blocking(move || {
+                if let Some(len) = len {
+                    file.set_len(len)?;
+                }
+                file.sync_all()
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| write_error(&path, &dir, e)),
+            Sink::Nbd {
+                client,
+                daemon,
+                dir,
+            } => {
+                client.disconnect().await.map_err(|e| nbd_error(&dir, e))?;
+                daemon.quit().await
+            }
+        }
+    }
+}
+
+/// True when every byte is zero.
+fn is_zero(block: &[u8]) -> bool {
+    let mut chunks = block.chunks_exact(64);
+    let whole = chunks.all(|c| c.iter().fold(0u8, |acc, b| acc | b) == 0);
+    whole && chunks.remainder().iter().all(|b| *b == 0)
+}
+
+/// `(start, end)` of the runs of `granule`-sized blocks of `buf` that hold a non-zero byte.
+fn nonzero_runs(buf: &[u8], granule: usize) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, block) in buf.chunks(granule).enumerate() {
+        if is_zero(block) {
+            continue;
+        }
+        let (start, end) = (i * granule, i * granule + block.len());
+        match runs.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => runs.push((start, end)),
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_skip_zero_blocks() {
+        let mut buf = vec![0u8; 10 * 4096 + 100];
+        buf[5] = 1;
+        buf[4096 + 7] = 1;
+        buf[5 * 4096] = 3;
+        buf[10 * 4096 + 99] = 9;
+        assert_eq!(
+            nonzero_runs(&buf, 4096),
+            vec![
+                (0, 8192),
+                (5 * 4096, 6 * 4096),
+                (10 * 4096, 10 * 4096 + 100)
+            ]
+        );
+        assert!(nonzero_runs(&[0u8; 200], 64).is_empty());
+        assert!(is_zero(&[]));
+        assert!(!is_zero(&[0, 0, 0, 1]));
+    }
+}
