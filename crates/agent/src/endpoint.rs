@@ -7,6 +7,8 @@
 //! GET /vmis/{uid}/console   serial console session (takes over an earlier one)
 //! GET /vmis/{uid}/vnc       a connection to QEMU's VNC server
 //! GET /metrics              Prometheus text
+//! PUT /uploads/{ns}/{name}  an upload's bytes into a DataVolume's session (storage::upload)
+//! GET /uploads/{ns}/{name}  how much of it is in
 //! ```
 
 use crate::runner::Vms;
@@ -98,8 +100,46 @@ impl Endpoint {
                     .expect("valid response")
             }
             ["vmis", uid, stream @ ("console" | "vnc")] => self.stream(req, uid, stream),
+            ["uploads", ns, name] => self.upload(req, ns, name).await,
             _ => text(StatusCode::NOT_FOUND, "not found"),
         }
+    }
+
+    /// An upload into a DataVolume's volume (`PUT`, body streamed) or its state (`GET`).
+    async fn upload(&self, req: Request<Incoming>, ns: &str, name: &str) -> Response<Full<Bytes>> {
+        let uploads = crate::storage::upload::Uploads::for_node(&self.node_name);
+        let uid = req
+            .headers()
+            .get("x-upload-uid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let query: std::collections::HashMap<&str, u64> = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect();
+        let (offset, size) = (query.get("offset").copied(), query.get("size").copied());
+        let answer = match (req.method().clone(), size) {
+            (http::Method::GET, _) => uploads.state(ns, name, &uid),
+            (http::Method::PUT, Some(size)) => {
+                uploads
+                    .put(ns, name, &uid, offset.unwrap_or(0), size, req.into_body())
+                    .await
+            }
+            _ => crate::storage::upload::Answer {
+                code: 400,
+                body: serde_json::json!({"message": "PUT with ?offset=&size=, or GET"}),
+            },
+        };
+        Response::builder()
+            .status(answer.code)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(answer.body.to_string())))
+            .expect("valid response")
     }
 
     fn stream(&self, mut req: Request<Incoming>, uid: &str, kind: &str) -> Response<Full<Bytes>> {
