@@ -210,6 +210,34 @@ async fn uploads_store_the_image_resume_after_a_kill_and_boot() {
     );
     same_data(&raw, "raw", &claim_file(&client, "resumed").await);
 
+    // A connection that drops mid-upload is resumed by the same command from what the server
+    // has: through a proxy that cuts the first connection carrying more than 3 MiB.
+    let proxied = cutting_proxy(&up.kubeconfig, dir.path(), 3 << 20).await;
+    let (ok, _, err) = vmo_testkit::run_with_input(
+        vmo(),
+        &proxied,
+        &[
+            "image-upload",
+            "dv",
+            "cut",
+            "--image-path",
+            &raw_arg,
+            "--size",
+            "64Mi",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("the upload was interrupted"), "{err}");
+    let resumed_at: u64 = err
+        .split("resuming at byte ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume: {err}"));
+    assert!(resumed_at > 0, "{err}");
+    same_data(&raw, "raw", &claim_file(&client, "cut").await);
+
     // Only authenticated users reach it.
     let mut creds = vmo_client::kubeconfig::load(&up.kubeconfig).unwrap();
     creds.token = "not-the-token".into();
@@ -273,6 +301,65 @@ async fn uploads_store_the_image_resume_after_a_kill_and_boot() {
     let still = get(&client, "dv", "corrupt").await.unwrap();
     assert_eq!(still.status()["phase"], "Failed");
     assert_eq!(ready_message(&still), message);
+}
+
+/// A TCP proxy to the server that cuts the first connection once `cut_after` bytes went through
+/// it towards the server (TLS passes through untouched); returns a kubeconfig that uses it.
+async fn cutting_proxy(kubeconfig: &Path, dir: &Path, cut_after: u64) -> PathBuf {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .expect("server line")
+        .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = Arc::new(AtomicBool::new(false));
+    let upstream_addr = server.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (server, cut) = (upstream_addr.clone(), cut.clone());
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                let down = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut ur, &mut cw).await;
+                });
+                let mut sent = 0u64;
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if uw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n as u64;
+                    if sent > cut_after && !cut.swap(true, Ordering::SeqCst) {
+                        break;
+                    }
+                }
+                down.abort();
+            });
+        }
+    });
+    let path = dir.join("kubeconfig-through-proxy");
+    std::fs::write(
+        &path,
+        text.replace(
+            &format!("https://{server}"),
+            &format!("https://127.0.0.1:{port}"),
+        ),
+    )
+    .unwrap();
+    path
 }
 
 /// An OVF descriptor for one disk and one NIC.
