@@ -419,7 +419,13 @@ impl Worker {
             )));
         }
         let same_pool = source_path.parent() == path.parent();
-        if same_pool && format == "qcow2" {
+        // A copy-on-write clone turns the source file into a base and gives the source a fresh
+        // overlay: its internal snapshots (VolumeSnapshots) would stay behind in the base.
+        let has_snapshots = !super::snapshot::list(&source_path)
+            .await
+            .unwrap_or_default()
+            .is_empty();
+        if same_pool && format == "qcow2" && !has_snapshots {
             files::linked_clone(&source_path, path, size).await?;
         } else {
             files::full_copy(&source_path, path, format, size).await?;
