@@ -348,7 +348,8 @@ struct Session {
     received: AtomicU64,
     generation: AtomicU64,
     feed: tokio::sync::Mutex<Feed>,
-    last_active: Mutex<Instant>,
+    /// On tokio's clock, so tests can let it run ahead.
+    last_active: Mutex<tokio::time::Instant>,
     /// `Some(Ok(source format))` or `Some(Err(message))` once the import ended.
     result: watch::Receiver<Option<Result<String, String>>>,
     abort: Mutex<Option<tokio::task::AbortHandle>>,
@@ -364,7 +365,7 @@ impl Session {
             received: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             feed: tokio::sync::Mutex::new(Feed { tx: Some(tx) }),
-            last_active: Mutex::new(Instant::now()),
+            last_active: Mutex::new(tokio::time::Instant::now()),
             result,
             abort: Mutex::new(None),
         });
@@ -379,7 +380,7 @@ impl Session {
     }
 
     fn touch(&self) {
-        *self.last_active.lock().expect("activity") = Instant::now();
+        *self.last_active.lock().expect("activity") = tokio::time::Instant::now();
     }
 
     fn idle(&self) -> Duration {
@@ -473,6 +474,14 @@ async fn run(
         Some(Ok(imported)) => {
             tracing::info!(dv = %key, format = imported.source_format, compression = ?imported.compression,
                 bytes = imported.bytes_read, scratch = imported.scratch_used, "upload imported");
+            let current = ready.client.get(&ready.kinds.data_volume, &ns, &name).await;
+            if current.as_ref().is_err_and(|e| e.is_not_found())
+                || current.is_ok_and(|dv| dv.metadata.uid != ready.uid)
+            {
+                // Deleted while the upload ran: nothing will bind the file; do not keep it.
+                let _ = tokio::fs::remove_file(&ready.target.path).await;
+                tracing::info!(dv = %key, "the DataVolume went away during its upload; its file is removed");
+            }
             let _ = result_tx.send(Some(Ok(imported.source_format.clone())));
             uploads.remove_session(&key, &session);
         }
@@ -576,6 +585,35 @@ mod tests {
 
     fn body(bytes: &[u8]) -> Full<Bytes> {
         Full::new(Bytes::copy_from_slice(bytes))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_is_dropped_with_its_files_and_starts_again_from_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1u64 << 20;
+        let uploads = Uploads::default();
+        uploads.ready(ready(dir.path(), "u1", size));
+        let a = uploads
+            .put("ns", "d", "u1", 0, size, body(&vec![1u8; 200_000]))
+            .await;
+        assert_eq!(a.body["received"], 200_000);
+        // Let the session sit: tokio's paused clock runs ahead to each timer.
+        let session = uploads.0.lock().unwrap()["ns/d"].session.clone().unwrap();
+        let outcome = session.outcome().await.unwrap_err();
+        assert!(outcome.contains("idle"), "{outcome}");
+        assert!(!dir.path().join("vol.raw.partial").exists());
+        assert_eq!(uploads.state("ns", "d", "u1").body["received"], 0);
+        // The DataVolume stays ready: a fresh upload starts from 0, not from 200000.
+        uploads.ready(ready(dir.path(), "u1", size));
+        let a = uploads
+            .put("ns", "d", "u1", 200_000, size, body(b"x"))
+            .await;
+        assert!(a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected offset 0"));
+        let a = uploads.put("ns", "d", "u1", 0, size, body(b"x")).await;
+        assert_eq!(a.body["received"], 1);
     }
 
     #[tokio::test]
