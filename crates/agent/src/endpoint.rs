@@ -126,9 +126,17 @@ impl Endpoint {
         let answer = match (req.method().clone(), size) {
             (http::Method::GET, _) => uploads.state(ns, name, &uid),
             (http::Method::PUT, Some(size)) => {
-                uploads
-                    .put(ns, name, &uid, offset.unwrap_or(0), size, req.into_body())
-                    .await
+                let checksum = req
+                    .headers()
+                    .get("x-upload-checksum")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let at = crate::storage::upload::At {
+                    offset: offset.unwrap_or(0),
+                    size,
+                    checksum,
+                };
+                uploads.put(ns, name, &uid, at, req.into_body()).await
             }
             _ => crate::storage::upload::Answer {
                 code: 400,

@@ -5,7 +5,8 @@
 //! ```text
 //! PUT|POST .../upload   body: image bytes from `offset` on; the total size and the offset from
 //!                       X-Upload-Size / X-Upload-Offset (or ?size= / ?offset=; a body sent
-//!                       whole from 0 may give only Content-Length)
+//!                       whole from 0 may give only Content-Length); X-Upload-Checksum
+//!                       (or ?checksum=) `sha256:<hex>` of the whole image, optional
 //!                       -> 200 {phase, received, size}: `Complete` once the image is in,
 //!                          `UploadReady` when the body ended before `size` (send the rest)
 //! GET      .../upload   -> 200 {phase, received, size}: where to resume
@@ -34,6 +35,9 @@ use vmo_api::{Object, Status};
 pub const OFFSET_HEADER: &str = "x-upload-offset";
 /// Header with the image's total size in bytes.
 pub const SIZE_HEADER: &str = "x-upload-size";
+/// Header with `sha256:<hex>` (or sha1, sha384, sha512) of the whole image, checked when the
+/// upload completes (only the request that starts the upload at offset 0 sets it).
+pub const CHECKSUM_HEADER: &str = "x-upload-checksum";
 /// Header (server to agent) with the DataVolume's uid, so a re-created one never continues an
 /// older session.
 pub const UID_HEADER: &str = "x-upload-uid";
@@ -196,6 +200,15 @@ pub async fn serve(
         let mut builder = Request::put(format!("{agent_path}?offset={offset}&size={size}"))
             .header(header::HOST, "agent")
             .header(UID_HEADER, &dv.metadata.uid);
+        let checksum = req
+            .headers()
+            .get(CHECKSUM_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| routes::query(req.uri().query()).get("checksum").cloned());
+        if let Some(checksum) = checksum {
+            builder = builder.header(CHECKSUM_HEADER, checksum);
+        }
         if let Some(length) = length {
             builder = builder.header(header::CONTENT_LENGTH, length);
         }

@@ -2,8 +2,9 @@
 //! `vmo image-upload` of the test guest's qcow2 stores the same data and a VM boots from it; an
 //! upload killed half-way resumes from what the server has when the command runs again; a
 //! hand-made OVA (OVF + streamOptimized VMDK, tarred) becomes a VM with the OVF's vCPUs and
-//! memory that boots; bad input (an upload into a non-upload DataVolume, a corrupt image, an OVA
-//! without a descriptor or missing its disk, a file that is no OVA) fails saying why.
+//! memory that boots, its manifest's digests checked; bad input (an upload into a non-upload
+//! DataVolume, a corrupt image, an OVA without a descriptor, missing its disk or not matching its
+//! manifest, a file that is no OVA) fails saying why.
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -86,6 +87,18 @@ fn same_data(source: &Path, source_format: &str, volume: &Path) {
         source.display(),
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn vm(name: &str, dv: &str) -> Value {
@@ -417,7 +430,14 @@ async fn a_hand_made_ova_becomes_a_vm_that_boots() {
         .arg(guest.join("disk.img"))
         .arg(work.join("web-disk1.vmdk")));
     std::fs::write(work.join("web.ovf"), ovf(2, 256, "web-disk1.vmdk")).unwrap();
-    let ova = tar(&work, "web.ova", &["web.ovf", "web-disk1.vmdk"]);
+    // A manifest as VMware writes it: each file's digest, checked on import.
+    let manifest = format!(
+        "SHA256(web.ovf)= {}\nSHA256(web-disk1.vmdk)= {}\n",
+        sha256_of(&work.join("web.ovf")),
+        sha256_of(&work.join("web-disk1.vmdk"))
+    );
+    std::fs::write(work.join("web.mf"), &manifest).unwrap();
+    let ova = tar(&work, "web.ova", &["web.ovf", "web.mf", "web-disk1.vmdk"]);
     let (up, data) = start(&dir).await;
     let client = up.client();
 
@@ -437,6 +457,20 @@ async fn a_hand_made_ova_becomes_a_vm_that_boots() {
     assert!(!ok);
     assert!(
         err.contains("bad.ovf does not parse") && err.contains("VirtualSystem"),
+        "{err}"
+    );
+    std::fs::create_dir_all(work.join("tampered")).unwrap();
+    std::fs::write(
+        work.join("tampered/web.ovf"),
+        ovf(2, 256, "web-disk1.vmdk").replace("256", "512"),
+    )
+    .unwrap();
+    std::fs::write(work.join("tampered/web.mf"), &manifest).unwrap();
+    let tampered = tar(&work.join("tampered"), "t.ova", &["web.ovf", "web.mf"]);
+    let (ok, _, err) = up.cli(&["import", "ova", &tampered]);
+    assert!(!ok);
+    assert!(
+        err.contains("the OVF descriptor web.ovf does not match the manifest"),
         "{err}"
     );
     let (ok, _, err) = up.cli(&["import", "ova", &work.join("web.ovf").to_string_lossy()]);

@@ -107,6 +107,15 @@ impl std::fmt::Debug for Uploads {
     }
 }
 
+/// Where a request's body goes: it starts at `offset` of an image of `size` bytes, whose
+/// `checksum` (`sha256:<hex>`, ...) the request that starts the upload may give.
+#[derive(Debug, Clone, Default)]
+pub struct At {
+    pub offset: u64,
+    pub size: u64,
+    pub checksum: Option<String>,
+}
+
 /// One answer to a request: an HTTP code and a JSON body.
 #[derive(Debug)]
 pub struct Answer {
@@ -181,20 +190,17 @@ impl Uploads {
     /// `PUT`: feeds `body` (the image from `offset` on) into the DataVolume's session, starting
     /// one at offset 0; answers when the body ends, with the import's result if it was the last
     /// part.
-    pub async fn put<B>(
-        &self,
-        ns: &str,
-        name: &str,
-        uid: &str,
-        offset: u64,
-        size: u64,
-        mut body: B,
-    ) -> Answer
+    pub async fn put<B>(&self, ns: &str, name: &str, uid: &str, at: At, mut body: B) -> Answer
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
         use http_body_util::BodyExt;
+        let At {
+            offset,
+            size,
+            checksum,
+        } = at;
         let key = format!("{ns}/{name}");
         let session = {
             let mut map = self.0.lock().expect("uploads");
@@ -250,7 +256,7 @@ impl Uploads {
                             ),
                         );
                     }
-                    let s = Session::start(self.clone(), key.clone(), ready, size);
+                    let s = Session::start(self.clone(), key.clone(), ready, size, checksum);
                     slot.session = Some(s.clone());
                     s
                 }
@@ -356,7 +362,13 @@ struct Session {
 }
 
 impl Session {
-    fn start(uploads: Uploads, key: String, ready: Ready, size: u64) -> Arc<Session> {
+    fn start(
+        uploads: Uploads,
+        key: String,
+        ready: Ready,
+        size: u64,
+        checksum: Option<String>,
+    ) -> Arc<Session> {
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let (result_tx, result) = watch::channel(None);
         let session = Arc::new(Session {
@@ -370,7 +382,14 @@ impl Session {
             abort: Mutex::new(None),
         });
         tracing::info!(dv = %key, size, "upload session started");
-        let task = tokio::spawn(run(uploads, key, ready, session.clone(), rx, result_tx));
+        let task = tokio::spawn(run(
+            uploads,
+            key,
+            ready,
+            session.clone(),
+            (rx, checksum),
+            result_tx,
+        ));
         *session.abort.lock().expect("abort") = Some(task.abort_handle());
         session
     }
@@ -413,7 +432,7 @@ async fn run(
     key: String,
     ready: Ready,
     session: Arc<Session>,
-    rx: mpsc::Receiver<Bytes>,
+    (rx, checksum): (mpsc::Receiver<Bytes>, Option<String>),
     result_tx: watch::Sender<Option<Result<String, String>>>,
 ) {
     let (ns, name) = (
@@ -429,7 +448,7 @@ async fn run(
         reader,
         Some(session.size),
         &ready.target,
-        None,
+        checksum.as_deref(),
         progress,
     ));
     let outcome = loop {
@@ -583,6 +602,14 @@ mod tests {
         }
     }
 
+    fn at(offset: u64, size: u64) -> At {
+        At {
+            offset,
+            size,
+            checksum: None,
+        }
+    }
+
     fn body(bytes: &[u8]) -> Full<Bytes> {
         Full::new(Bytes::copy_from_slice(bytes))
     }
@@ -594,7 +621,7 @@ mod tests {
         let uploads = Uploads::default();
         uploads.ready(ready(dir.path(), "u1", size));
         let a = uploads
-            .put("ns", "d", "u1", 0, size, body(&vec![1u8; 200_000]))
+            .put("ns", "d", "u1", at(0, size), body(&vec![1u8; 200_000]))
             .await;
         assert_eq!(a.body["received"], 200_000);
         // Let the session sit: tokio's paused clock runs ahead to each timer.
@@ -606,14 +633,34 @@ mod tests {
         // The DataVolume stays ready: a fresh upload starts from 0, not from 200000.
         uploads.ready(ready(dir.path(), "u1", size));
         let a = uploads
-            .put("ns", "d", "u1", 200_000, size, body(b"x"))
+            .put("ns", "d", "u1", at(200_000, size), body(b"x"))
             .await;
         assert!(a.body["message"]
             .as_str()
             .unwrap()
             .contains("expected offset 0"));
-        let a = uploads.put("ns", "d", "u1", 0, size, body(b"x")).await;
+        let a = uploads.put("ns", "d", "u1", at(0, size), body(b"x")).await;
         assert_eq!(a.body["received"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_checksum_fails_the_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1u64 << 16;
+        let uploads = Uploads::default();
+        uploads.ready(ready(dir.path(), "u1", size));
+        let wrong = At {
+            offset: 0,
+            size,
+            checksum: Some(format!("sha256:{}", "0".repeat(64))),
+        };
+        let a = uploads
+            .put("ns", "d", "u1", wrong, body(&vec![3u8; size as usize]))
+            .await;
+        assert_eq!(a.code, 400);
+        let message = a.body["message"].as_str().unwrap();
+        assert!(message.contains("checksum mismatch"), "{message}");
+        assert!(!dir.path().join("vol.raw").exists());
     }
 
     #[tokio::test]
@@ -622,7 +669,7 @@ mod tests {
         let size = 1u64 << 20;
         let image: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let uploads = Uploads::default();
-        let refused = uploads.put("ns", "d", "u1", 0, size, body(b"x")).await;
+        let refused = uploads.put("ns", "d", "u1", at(0, size), body(b"x")).await;
         assert_eq!(refused.code, 409, "{:?}", refused.body);
         assert!(refused.body["message"]
             .as_str()
@@ -630,7 +677,7 @@ mod tests {
             .contains("not ready for an upload"));
         uploads.ready(ready(dir.path(), "u1", size));
 
-        let a = uploads.put("ns", "d", "u1", 7, size, body(b"x")).await;
+        let a = uploads.put("ns", "d", "u1", at(7, size), body(b"x")).await;
         assert_eq!(a.code, 409);
         assert!(a.body["message"]
             .as_str()
@@ -638,7 +685,7 @@ mod tests {
             .contains("expected offset 0"));
 
         let a = uploads
-            .put("ns", "d", "u1", 0, size, body(&image[..300_000]))
+            .put("ns", "d", "u1", at(0, size), body(&image[..300_000]))
             .await;
         assert_eq!(a.code, 200, "{:?}", a.body);
         assert_eq!(
@@ -649,7 +696,7 @@ mod tests {
         assert_eq!(uploads.state("ns", "d", "other").body["received"], 0);
 
         let a = uploads
-            .put("ns", "d", "u1", 100, size, body(&image[100..]))
+            .put("ns", "d", "u1", at(100, size), body(&image[100..]))
             .await;
         assert_eq!(a.code, 409);
         assert!(a.body["message"]
@@ -657,16 +704,22 @@ mod tests {
             .unwrap()
             .contains("expected offset 300000"));
         let a = uploads
-            .put("ns", "d", "u1", 300_000, size + 1, body(&image[300_000..]))
+            .put(
+                "ns",
+                "d",
+                "u1",
+                at(300_000, size + 1),
+                body(&image[300_000..]),
+            )
             .await;
         assert_eq!(a.code, 409, "another size is refused: {:?}", a.body);
         let a = uploads
-            .put("ns", "d", "u2", 300_000, size, body(&image[300_000..]))
+            .put("ns", "d", "u2", at(300_000, size), body(&image[300_000..]))
             .await;
         assert_eq!(a.code, 409, "another DataVolume's uid is refused");
 
         let a = uploads
-            .put("ns", "d", "u1", 300_000, size, body(&image[300_000..]))
+            .put("ns", "d", "u1", at(300_000, size), body(&image[300_000..]))
             .await;
         assert_eq!(a.code, 200, "{:?}", a.body);
         assert_eq!(a.body["phase"], "Complete");
@@ -674,7 +727,9 @@ mod tests {
         assert!(!dir.path().join("vol.raw.partial").exists());
         // A client that lost the last answer and asks again learns that the image is in.
         assert_eq!(uploads.state("ns", "d", "u1").body["phase"], "Complete");
-        let again = uploads.put("ns", "d", "u1", 0, size, body(&image)).await;
+        let again = uploads
+            .put("ns", "d", "u1", at(0, size), body(&image))
+            .await;
         assert_eq!(again.body["phase"], "Complete");
         assert_eq!(std::fs::read(dir.path().join("vol.raw")).unwrap(), image);
     }

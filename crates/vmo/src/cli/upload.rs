@@ -48,6 +48,9 @@ pub struct ImageUploadArgs {
     /// Use the existing DataVolume; fail if there is none.
     #[arg(long)]
     pub no_create: bool,
+    /// `sha256:<hex>` (or sha1, sha512) of the image file: the upload fails if what arrived differs.
+    #[arg(long)]
+    pub checksum: Option<String>,
     /// Send at most this many bytes per second (`10Mi`); default: as fast as it goes.
     #[arg(long)]
     pub limit_rate: Option<String>,
@@ -70,6 +73,8 @@ pub struct ByteRange {
     pub len: u64,
     /// How it is named in messages.
     pub label: String,
+    /// `sha256:<hex>` (or sha1, sha512) of the range, checked by the server's import.
+    pub checksum: Option<String>,
 }
 
 pub fn dv_kind() -> vmo_api::KindInfo {
@@ -178,6 +183,7 @@ pub async fn run(ctx: &Context, args: ImageUploadArgs) -> anyhow::Result<()> {
         start: 0,
         len,
         label: args.image_path.display().to_string(),
+        checksum: args.checksum.clone(),
     };
     let rate = args.limit_rate.as_deref().map(bytes_of).transpose()?;
     let timeout = Duration::from_secs(args.timeout);
@@ -400,12 +406,15 @@ async fn send_once(
         rx.recv().await.map(|item| (item, rx))
     });
     let body = http_body_util::StreamBody::new(stream);
-    let headers = [
+    let mut headers = vec![
         ("x-upload-offset", offset.to_string()),
         ("x-upload-size", range.len.to_string()),
         ("content-length", remaining.to_string()),
         ("content-type", "application/octet-stream".to_string()),
     ];
+    if let Some(checksum) = &range.checksum {
+        headers.push(("x-upload-checksum", checksum.clone()));
+    }
     let response = client
         .send_streaming(Method::PUT, &upload_path(ns, name), &headers, body)
         .await;

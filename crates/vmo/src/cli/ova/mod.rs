@@ -12,8 +12,9 @@
 //! NICs connected to a network named in `--network OVFNAME=ns/nad` get that
 //! NetworkAttachmentDefinition (bridge binding); the first other NIC gets the pod network
 //! (masquerade), and further ones are left out with a warning. The OVF network names are kept in
-//! the annotation `vmo.io/ovf-networks`. A rerun after an interruption continues: existing
-//! DataVolumes of the import are reused and their uploads resume.
+//! the annotation `vmo.io/ovf-networks`. A manifest (`.mf`) is honoured: the descriptor is checked
+//! against it here, each disk by the server's import as it streams. A rerun after an
+//! interruption continues: existing DataVolumes of the import are reused and their uploads resume.
 
 pub mod ovf;
 pub mod tar;
@@ -68,6 +69,55 @@ pub async fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<()> {
     match args.command {
         ImportCommand::Ova(a) => import_ova(ctx, a).await,
     }
+}
+
+/// The digests an OVA's manifest (`.mf`) lists, by file: `sha256:<hex>` (sha1, sha384, sha512).
+pub fn manifest(name: &str, text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut digests = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parsed = line.split_once('=').and_then(|(left, hex)| {
+            let (algo, rest) = left.trim().split_once('(')?;
+            let file = rest.strip_suffix(')')?;
+            let algo = algo.trim().to_ascii_lowercase();
+            matches!(algo.as_str(), "sha1" | "sha256" | "sha384" | "sha512").then(|| {
+                (
+                    file.to_string(),
+                    format!("{algo}:{}", hex.trim().to_ascii_lowercase()),
+                )
+            })
+        });
+        let Some((file, digest)) = parsed else {
+            bail!(
+                "line {} of the manifest {name} is not `SHA256(FILE)= DIGEST`: {line:?}",
+                n + 1
+            );
+        };
+        digests.insert(file, digest);
+    }
+    Ok(digests)
+}
+
+/// Checks `bytes` against `sha256:<hex>` (or sha1, sha384, sha512).
+fn digest_matches(spec: &str, bytes: &[u8]) -> Option<(bool, String)> {
+    use ring::digest;
+    let (algo, hex) = spec.split_once(':')?;
+    let algorithm = match algo {
+        "sha1" => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        "sha256" => &digest::SHA256,
+        "sha384" => &digest::SHA384,
+        "sha512" => &digest::SHA512,
+        _ => return None,
+    };
+    let got: String = digest::digest(algorithm, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some((got == hex, got))
 }
 
 /// A DNS-1123 label from a VMware name (`Web 01` -> `web-01`).
@@ -143,7 +193,10 @@ pub fn virtual_machine(
         nets.push(net);
     }
     let mut cpu = json!({"cores": ovf.cpus});
-    if let Some(cps) = ovf.cores_per_socket.filter(|c| *c > 0 && ovf.cpus.is_multiple_of(*c)) {
+    if let Some(cps) = ovf
+        .cores_per_socket
+        .filter(|c| *c > 0 && ovf.cpus.is_multiple_of(*c))
+    {
         cpu = json!({"sockets": ovf.cpus / cps, "cores": cps});
     }
     let mut domain = json!({
@@ -208,6 +261,28 @@ async fn import_ova(ctx: &Context, args: OvaArgs) -> anyhow::Result<()> {
         String::from_utf8(bytes)
             .with_context(|| format!("the OVF descriptor {} is not UTF-8 text", descriptor.name))?
     };
+    let digests = match members
+        .iter()
+        .find(|m| m.name.to_ascii_lowercase().ends_with(".mf"))
+    {
+        Some(mf) if mf.len < 1 << 20 => {
+            use std::io::{Read, Seek};
+            let mut f = std::fs::File::open(&args.file)?;
+            f.seek(std::io::SeekFrom::Start(mf.start))?;
+            let mut text = String::new();
+            f.take(mf.len).read_to_string(&mut text)?;
+            manifest(&mf.name, &text)?
+        }
+        _ => BTreeMap::new(),
+    };
+    if let Some(spec) = digests.get(&descriptor.name) {
+        if let Some((false, got)) = digest_matches(spec, xml.as_bytes()) {
+            bail!(
+                "the OVF descriptor {} does not match the manifest: expected {spec}, got {got}",
+                descriptor.name
+            );
+        }
+    }
     let ovf = ovf::parse(&descriptor.name, &xml)?;
     let mut ranges = Vec::new();
     for disk in &ovf.disks {
@@ -268,6 +343,7 @@ async fn import_ova(ctx: &Context, args: OvaArgs) -> anyhow::Result<()> {
             start: member.start,
             len: member.len,
             label: format!("{} (disk {i} of {shown})", member.name),
+            checksum: digests.get(&member.name).cloned(),
         };
         upload::upload_range(&client, &ns, &dv_name, &range, None, timeout).await?;
         upload::wait_succeeded(&client, &ns, &dv_name, timeout).await?;
@@ -310,6 +386,22 @@ async fn import_ova(ctx: &Context, args: OvaArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_manifests() {
+        let m = manifest(
+            "a.mf",
+            "SHA256(web.ovf)= ABCD\nSHA1(web-disk1.vmdk)=12ef\n\n",
+        )
+        .unwrap();
+        assert_eq!(m["web.ovf"], "sha256:abcd");
+        assert_eq!(m["web-disk1.vmdk"], "sha1:12ef");
+        let e = manifest("a.mf", "MD5(x)= 00").unwrap_err().to_string();
+        assert!(e.contains("line 1 of the manifest a.mf"), "{e}");
+        let sha = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(digest_matches(sha, b"abc").map(|d| d.0), Some(true));
+        assert_eq!(digest_matches(sha, b"abd").map(|d| d.0), Some(false));
+    }
 
     #[test]
     fn maps_the_ovf_to_a_virtual_machine() {
