@@ -60,6 +60,10 @@ pub struct OvaArgs {
     /// Map an OVF network to a NetworkAttachmentDefinition: `--network "VM Network=ns/nad"`.
     #[arg(long = "network", value_name = "OVFNAME=NS/NAD")]
     pub networks: Vec<String>,
+    /// The disks' bus: virtio (fastest; the guest needs virtio drivers), sata or scsi (for guests
+    /// without them, such as Windows as VMware left it).
+    #[arg(long, default_value = "virtio", value_parser = ["virtio", "sata", "scsi"])]
+    pub disk_bus: String,
     /// Give up waiting for a disk after this many seconds.
     #[arg(long, default_value_t = 1800)]
     pub timeout: u64,
@@ -147,11 +151,12 @@ pub fn virtual_machine(
     ns: &str,
     start: bool,
     networks: &BTreeMap<String, String>,
+    disk_bus: &str,
 ) -> (Value, Vec<String>) {
     let mut disks = Vec::new();
     let mut volumes = Vec::new();
     for (i, _) in ovf.disks.iter().enumerate() {
-        let mut disk = json!({"name": format!("disk{i}"), "disk": {"bus": "virtio"}});
+        let mut disk = json!({"name": format!("disk{i}"), "disk": {"bus": disk_bus}});
         if i == 0 {
             disk["bootOrder"] = json!(1);
         }
@@ -306,7 +311,7 @@ async fn import_ova(ctx: &Context, args: OvaArgs) -> anyhow::Result<()> {
     if client.get(&vm_kind, &ns, &name).await.is_ok() {
         bail!("VirtualMachine {ns}/{name} exists already; choose another with --name");
     }
-    let (vm, warnings) = virtual_machine(&ovf, &name, &ns, args.start, &networks);
+    let (vm, warnings) = virtual_machine(&ovf, &name, &ns, args.start, &networks, &args.disk_bus);
     for w in &warnings {
         eprintln!("warning: {w}");
     }
@@ -442,13 +447,15 @@ mod tests {
             efi: true,
         };
         let nets = BTreeMap::from([("Storage".to_string(), "infra/storage".to_string())]);
-        let (vm, warnings) = virtual_machine(&ovf, &vm_name(&ovf.name), "default", false, &nets);
+        let (vm, warnings) =
+            virtual_machine(&ovf, &vm_name(&ovf.name), "default", false, &nets, "sata");
         assert_eq!(vm["metadata"]["name"], "web-01");
         let spec = &vm["spec"]["template"]["spec"];
         assert_eq!(vm["spec"]["runStrategy"], "Halted");
         assert_eq!(spec["domain"]["cpu"], json!({"sockets": 2, "cores": 2}));
         assert_eq!(spec["domain"]["memory"]["guest"], "4096Mi");
         assert_eq!(spec["domain"]["devices"]["disks"][0]["bootOrder"], 1);
+        assert_eq!(spec["domain"]["devices"]["disks"][0]["disk"]["bus"], "sata");
         assert!(spec["domain"]["devices"]["disks"][1]["bootOrder"].is_null());
         assert_eq!(spec["volumes"][1]["dataVolume"]["name"], "web-01-disk1");
         assert_eq!(
