@@ -39,6 +39,16 @@ fn sh(cmd: &mut Command) {
     );
 }
 
+/// Kills the QEMUs the test's VMs run in (they outlive `vmo up` by design); declared before the
+/// `vmo up` process, so it runs after that is gone and cannot restart them.
+struct KillQemus(PathBuf);
+
+impl Drop for KillQemus {
+    fn drop(&mut self) {
+        vmo_testkit::cluster::kill_qemus_under(&self.0);
+    }
+}
+
 async fn start(dir: &KeptDir) -> (VmoProcess, PathBuf) {
     let data = dir.path().join("data");
     let args = [
@@ -144,6 +154,7 @@ async fn upload_state(client: &Client, dv: &str) -> Option<Value> {
 async fn uploads_store_the_image_resume_after_a_kill_and_boot() {
     let Some(guest) = test_guest() else { return };
     let dir = KeptDir::new("vmo-upload-");
+    let _qemus = KillQemus(dir.path().to_path_buf());
     let (up, data) = start(&dir).await;
     let client = up.client();
     let qcow2 = guest.join("disk.qcow2");
@@ -438,6 +449,7 @@ async fn a_hand_made_ova_becomes_a_vm_that_boots() {
     );
     std::fs::write(work.join("web.mf"), &manifest).unwrap();
     let ova = tar(&work, "web.ova", &["web.ovf", "web.mf", "web-disk1.vmdk"]);
+    let _qemus = KillQemus(dir.path().to_path_buf());
     let (up, data) = start(&dir).await;
     let client = up.client();
 
