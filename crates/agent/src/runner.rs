@@ -137,7 +137,11 @@ impl VmHandle {
     }
 
     /// Deletes an internal snapshot of the instance's disk `path`; None when it has no such disk.
-    pub async fn delete_disk_snapshot(&self, path: &Path, name: &str) -> Option<Result<(), String>> {
+    pub async fn delete_disk_snapshot(
+        &self,
+        path: &Path,
+        name: &str,
+    ) -> Option<Result<(), String>> {
         let (reply, rx) = oneshot::channel();
         let command = Command::DeleteDiskSnapshot {
             path: path.to_path_buf(),
@@ -584,6 +588,7 @@ impl Runner {
         Ok(LaunchPlan {
             name: format!("{}_{}", vmi.metadata.namespace, vmi.metadata.name),
             uuid: vmi.metadata.uid.clone(),
+            smbios_serial: spec.domain.firmware.as_ref().and_then(|f| f.serial.clone()),
             accel: self.accel,
             sockets: cpu.sockets.unwrap_or(1),
             cores: cpu.cores.unwrap_or(1),

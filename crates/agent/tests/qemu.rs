@@ -50,6 +50,7 @@ fn plan_for(spec: &VmiSpec, run_dir: &Path, name: &str, uuid: &str) -> LaunchPla
     LaunchPlan {
         name: name.into(),
         uuid: uuid.into(),
+        smbios_serial: None,
         accel: Accel::Tcg,
         sockets: 1,
         cores: 1,

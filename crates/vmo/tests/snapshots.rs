@@ -42,7 +42,7 @@ for d in /sys/class/block/vd*; do
   esac
 done
 show() { dd if=$(cat /run/disk-$1) bs=32 count=1 2>/dev/null | tr -dc A-Za-z0-9; }
-echo "VMO-DISKS: a=[$(show a)] b=[$(show b)] mac=$(cat /sys/class/net/eth0/address)"
+echo "VMO-DISKS: a=[$(show a)] b=[$(show b)] mac=$(cat /sys/class/net/eth0/address) serial=$(cat /sys/class/dmi/id/product_serial)"
 "#;
 
 fn vm_manifest(name: &str, guest: &Path) -> Value {
@@ -287,6 +287,10 @@ async fn snapshots_restore_and_clone_vms_with_their_disks() {
     printable(&client, "db", "Running").await;
     let first = disks_line(&client, &data, "db").await;
     assert!(first.starts_with("VMO-DISKS: a=[] b=[]"), "{first}");
+    assert!(
+        first.contains("mac=52:54:00:aa:00:01 serial=source-serial-0001"),
+        "{first}"
+    );
     console_run(&up, "db", &marker_command("BEFORE", 41), "MARK-41").await;
 
     // A snapshot of the running VM: both disks in one group, the guest keeps running.
@@ -430,6 +434,14 @@ async fn snapshots_restore_and_clone_vms_with_their_disks() {
     let cloned = disks_line(&client, &data, "db2").await;
     let want_mac = mac(&target).as_str().unwrap().to_string();
     assert!(cloned.contains(&format!("mac={want_mac}")), "{cloned}");
+    let want_serial = domain(&target)["firmware"]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cloned.contains(&format!("serial={want_serial}")),
+        "{cloned}"
+    );
     assert!(
         cloned.starts_with("VMO-DISKS: a=[VMOBEFOREa] b=[VMOBEFOREb]"),
         "{cloned}"

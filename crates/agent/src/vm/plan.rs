@@ -51,6 +51,8 @@ pub struct DiskPlan {
 pub struct LaunchPlan {
     pub name: String,
     pub uuid: String,
+    /// The SMBIOS system serial number (`firmware.serial`), if set.
+    pub smbios_serial: Option<String>,
     pub accel: Accel,
     pub sockets: u32,
     pub cores: u32,
@@ -158,6 +160,9 @@ impl LaunchPlan {
             &format!("guest={},debug-threads=on", esc(&self.name)),
         ]);
         push(&["-uuid", &self.uuid]);
+        if let Some(serial) = &self.smbios_serial {
+            push(&["-smbios", &format!("type=1,serial={}", esc(serial))]);
+        }
         push(&["-machine", "q35,usb=off,dump-guest-core=off"]);
         match self.accel {
             Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
@@ -305,6 +310,7 @@ mod tests {
         LaunchPlan {
             name: "default_vm1".into(),
             uuid: "6a1f0b8e-3b8c-4d4e-9b1a-0c2d3e4f5a6b".into(),
+            smbios_serial: None,
             accel: Accel::Tcg,
             sockets: 1,
             cores: 2,
@@ -320,6 +326,15 @@ mod tests {
             pidfile: "/run/vm/qemu.pid".into(),
             incoming: false,
         }
+    }
+
+    #[test]
+    fn the_firmware_serial_is_the_smbios_serial() {
+        let mut p = plan(vec![]);
+        assert!(!p.args().iter().any(|a| a == "-smbios"));
+        p.smbios_serial = Some("S,1".into());
+        let args = p.args().join(" ");
+        assert!(args.contains("-smbios type=1,serial=S,,1"), "{args}");
     }
 
     #[test]

@@ -232,6 +232,7 @@ async fn bare_qemu(
         let plan = LaunchPlan {
             name: format!("bare-{n}"),
             uuid: format!("00000000-0000-4000-8000-{n:012}"),
+            smbios_serial: None,
             accel: Accel::Tcg,
             sockets: 1,
             cores: 1,
