@@ -186,7 +186,9 @@ async fn sync_claim(
                 &claim.metadata.namespace,
                 &claim.metadata.name,
                 Some("status"),
-                &json!({"status": {"phase": "Pending"}}),
+                // Conditional: an agent may have bound the claim since this cache saw it.
+                &json!({"metadata": {"resourceVersion": claim.metadata.resource_version},
+                        "status": {"phase": "Pending"}}),
                 "vmo-storage-controller",
             )
             .await;
