@@ -11,11 +11,12 @@
 //! QEMU; on failure QEMU keeps the guest running here and the failure is reported.
 
 use crate::runner::{Command, Runner};
+use crate::storage::claims::LocalClaim;
 use crate::vm::migrate::{self, Progress, Verdict, Watchdog};
 use crate::vm::process::{self, QemuProcess};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -40,6 +41,8 @@ pub struct Outgoing {
     aborted_on_request: bool,
     /// Node-local disks being copied to the target first (drive ids).
     mirrors: Vec<String>,
+    /// Claims in this node's local pool that move with the guest, and their files on the target.
+    volumes: Vec<(LocalClaim, PathBuf)>,
     /// The memory migration has started (after the disk copies were in sync).
     migrating: bool,
     disk_bytes: u64,
@@ -106,7 +109,35 @@ impl Runner {
             .as_ref()
             .and_then(|s| s.guest_memory_bytes().ok())
             .unwrap_or(1 << 30);
-        let mirrors = spec.as_ref().map(migrate::local_disks).unwrap_or_default();
+        let claims = match &spec {
+            Some(s) => {
+                crate::storage::claims::local_claims(
+                    &self.client,
+                    &self.storage,
+                    &vmi.metadata.namespace,
+                    s,
+                )
+                .await
+            }
+            None => Vec::new(),
+        };
+        let names: Vec<String> = claims.iter().map(|c| c.volume.clone()).collect();
+        let mirrors = spec
+            .as_ref()
+            .map(|s| migrate::local_disks(s, &names))
+            .unwrap_or_default();
+        let targets = &state
+            .extra
+            .get("targetVolumePaths")
+            .cloned()
+            .unwrap_or_default();
+        let volumes: Vec<(LocalClaim, PathBuf)> = claims
+            .into_iter()
+            .filter_map(|c| {
+                let path = PathBuf::from(targets[c.claim.as_str()].as_str()?);
+                Some((c, path))
+            })
+            .collect();
         let mut out = Outgoing {
             uid: state.migration_uid.clone(),
             target: state.target_node.clone(),
@@ -115,6 +146,7 @@ impl Runner {
             aborted_on_request: false,
             migrating: mirrors.is_empty(),
             mirrors,
+            volumes,
             disk_bytes: 0,
             address: (
                 state.target_node_address.clone().unwrap_or_default(),
@@ -255,6 +287,28 @@ impl Runner {
             } => {
                 let transferred = transferred + out.disk_bytes;
                 let target = out.target.clone();
+                let volumes = out.volumes.clone();
+                // The claims' volumes live on the target now: recorded before the switch is
+                // reported, so the instance never runs where its volumes are not said to be.
+                for (claim, path) in &volumes {
+                    let mut tries = 0;
+                    while let Err(e) = crate::storage::claims::moved(
+                        &self.client,
+                        &self.storage,
+                        claim,
+                        &target,
+                        path,
+                    )
+                    .await
+                    {
+                        tries += 1;
+                        tracing::warn!(claim = claim.claim, error = %e, "could not record the volume's new node");
+                        if tries >= 5 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                    }
+                }
                 self.report_migration(
                     vmi,
                     json!({"completed": true, "endTimestamp": now_rfc3339(),
@@ -274,6 +328,11 @@ impl Runner {
                 if qemu.qmp.execute("quit", None).await.is_err() {
                     let pid = qemu.pid;
                     let _ = tokio::task::spawn_blocking(move || process::kill(pid)).await;
+                }
+                for (claim, _) in &volumes {
+                    if let Err(e) = crate::storage::files::remove(&claim.path).await {
+                        tracing::warn!(claim = claim.claim, error = %e, "could not remove the moved volume's old file");
+                    }
                 }
                 true
             }
@@ -389,7 +448,7 @@ impl Runner {
                         None => {
                             // The incoming QEMU gave up (the stream broke); the source reports why.
                             tracing::info!(vmi = %name, "incoming migration ended without the guest");
-                            self.discard(&run_dir).await;
+                            self.discard(&vmi, &run_dir).await;
                             return;
                         }
                     },
@@ -401,12 +460,12 @@ impl Runner {
                             || (s.migration_uid != state.migration_uid && s.source_node != self.config.node_name) => {
                             tracing::info!(vmi = %name, "migration failed or superseded: discarding the target");
                             process::kill_and_wait(qemu.pid).await;
-                            self.discard(&run_dir).await;
+                            self.discard(&vmi, &run_dir).await;
                             return;
                         }
                         Some(Command::Stop { .. }) | None => {
                             process::kill_and_wait(qemu.pid).await;
-                            self.discard(&run_dir).await;
+                            self.discard(&vmi, &run_dir).await;
                             return;
                         }
                         Some(_) => {}
@@ -440,7 +499,7 @@ impl Runner {
             Ok(p) => p,
             Err(e) => {
                 failed(format!("target {}: {e}", self.config.node_name)).await;
-                self.discard(run_dir).await;
+                self.discard(vmi, run_dir).await;
                 return None;
             }
         };
@@ -448,14 +507,38 @@ impl Runner {
             Ok(q) => q,
             Err(e) => {
                 failed(format!("target {}: {e}", self.config.node_name)).await;
-                self.discard(run_dir).await;
+                self.discard(vmi, run_dir).await;
                 return None;
             }
         };
         let config = state.migration_configuration.clone().unwrap_or_default();
-        let drives = serde_json::from_value::<VmiSpec>(vmi.spec().clone())
-            .map(|s| migrate::local_disks(&s))
+        let spec = serde_json::from_value::<VmiSpec>(vmi.spec().clone()).ok();
+        let claims = match &spec {
+            Some(s) => {
+                crate::storage::claims::local_claims(
+                    &self.client,
+                    &self.storage,
+                    &vmi.metadata.namespace,
+                    s,
+                )
+                .await
+            }
+            None => Vec::new(),
+        };
+        let names: Vec<String> = claims.iter().map(|c| c.volume.clone()).collect();
+        let drives = spec
+            .as_ref()
+            .map(|s| migrate::local_disks(s, &names))
             .unwrap_or_default();
+        // Where this node keeps its copies of the claims that move here.
+        let volume_paths: serde_json::Map<String, Value> = claims
+            .iter()
+            .map(|c| {
+                let path =
+                    crate::storage::claims::incoming_path(&self.config.local_pool, &c.claim_uid);
+                (c.claim.clone(), json!(path.to_string_lossy()))
+            })
+            .collect();
         let mut ports = serde_json::Map::new();
         let listening = async {
             if !drives.is_empty() {
@@ -472,7 +555,8 @@ impl Runner {
                 self.report_migration(
                     vmi,
                     json!({"targetNodeAddress": self.migration_host,
-                           "targetDirectMigrationNodePorts": ports}),
+                           "targetDirectMigrationNodePorts": ports,
+                           "targetVolumePaths": volume_paths}),
                     json!({}),
                 )
                 .await;
@@ -481,13 +565,30 @@ impl Runner {
             Err(e) => {
                 process::kill_and_wait(qemu.pid).await;
                 failed(format!("target {}: {e}", self.config.node_name)).await;
-                self.discard(run_dir).await;
+                self.discard(vmi, run_dir).await;
                 None
             }
         }
     }
 
-    async fn discard(&self, run_dir: &Path) {
+    /// Target side: drops what a failed incoming migration left here, the run directory and
+    /// the copies of claims from another node's local pool.
+    async fn discard(&self, vmi: &Object, run_dir: &Path) {
+        if let Ok(spec) = serde_json::from_value::<VmiSpec>(vmi.spec().clone()) {
+            crate::storage::claims::discard_incoming(
+                &self.client,
+                &self.storage,
+                &self.config.node_name,
+                &self.config.local_pool,
+                &vmi.metadata.namespace,
+                &spec,
+            )
+            .await;
+        }
+        self.discard_dir(run_dir).await;
+    }
+
+    async fn discard_dir(&self, run_dir: &Path) {
         let run_dir = run_dir.to_path_buf();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(run_dir)).await;
     }
@@ -519,7 +620,7 @@ impl Runner {
                 process::kill_and_wait(q.pid).await;
             }
             tracing::info!(uid, "removing a run directory no instance here needs");
-            self.discard(&run_dir).await;
+            self.discard_dir(&run_dir).await;
         }
     }
 }

@@ -191,7 +191,7 @@ pub(crate) struct Runner {
     accel: Accel,
     pub(crate) vmi_kind: KindInfo,
     secret_kind: KindInfo,
-    storage: crate::storage::Kinds,
+    pub(crate) storage: crate::storage::Kinds,
     vms: Vms,
     /// The address other nodes' QEMUs reach this node's on, for incoming migrations.
     pub(crate) migration_host: String,
@@ -425,6 +425,7 @@ impl Runner {
         &self,
         vmi: &Object,
         spec: &VmiSpec,
+        incoming: bool,
     ) -> Result<std::collections::BTreeMap<String, PathBuf>, crate::storage::claims::NotReady> {
         crate::storage::claims::resolve_all(
             &self.client,
@@ -432,6 +433,7 @@ impl Runner {
             &self.config.node_name,
             &vmi.metadata.namespace,
             spec,
+            incoming.then_some(self.config.local_pool.as_path()),
         )
         .await
     }
@@ -505,7 +507,7 @@ impl Runner {
             })?;
         let secrets = self.secrets_for(vmi, &spec).await?;
         let claims = self
-            .claimed_disks(vmi, &spec)
+            .claimed_disks(vmi, &spec, incoming)
             .await
             .map_err(|e| PlanError {
                 field: "spec.volumes".into(),
@@ -680,7 +682,7 @@ impl Runner {
                 }
                 if let Ok(spec) = vmo_api::kinds::kubevirt::decode_at::<VmiSpec>(vmi.spec(), "spec")
                 {
-                    if let Err(why) = self.claimed_disks(&vmi, &spec).await {
+                    if let Err(why) = self.claimed_disks(&vmi, &spec, false).await {
                         self.note_waiting(&vmi, &why).await;
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         return None;

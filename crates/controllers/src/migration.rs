@@ -120,9 +120,9 @@ fn ready(nodes: &[Object], name: &str) -> bool {
 /// Why `vmi` cannot be live-migrated away from `source` at all (empty: it can).
 pub fn blockers(vmi: &Object, source: Option<&Object>, volumes: &VolumeIndex) -> Vec<String> {
     let mut why = Vec::new();
-    if let Some((claim, node)) = volumes.uses_local_volume(vmi) {
+    if let Some((claim, node)) = volumes.local_ephemeral(vmi) {
         why.push(format!(
-            "persistentvolumeclaim {claim:?} lives in node {node}'s local pool, and claims do not move between nodes yet; use a shared class for VMs that must migrate"
+            "its ephemeral volume reads persistentvolumeclaim {claim:?} in node {node}'s local pool, which other nodes do not have"
         ));
     }
     let Ok(spec) = serde_json::from_value::<VmiSpec>(vmi.spec().clone()) else {

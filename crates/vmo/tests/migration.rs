@@ -16,6 +16,10 @@ use vmo_testkit::{
 
 const WAIT: Duration = Duration::from_secs(120);
 
+fn kind(name: &str) -> vmo_api::KindInfo {
+    *Registry::builtin().resolve(name).expect("kind")
+}
+
 fn vmo() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vmo"))
 }
@@ -521,10 +525,21 @@ async fn a_failed_or_cancelled_migration_leaves_the_vm_running_on_its_source() {
     );
 }
 
-/// A VM whose only writable disk is node-local (`emptyDisk`); its guest writes a marker at boot and
-/// a counter every second.
-fn local_disk_manifest(name: &str, guest: &Path, eviction: &str) -> String {
+/// A VM whose writable disks are node-local: an `emptyDisk`, and with `claim` also a DataVolume
+/// in the node's local pool (the default class); its guest writes a marker on each at boot and a
+/// counter on the first every second.
+fn local_disk_manifest(name: &str, guest: &Path, eviction: &str, claim: bool) -> String {
     let kernel = vmo_testkit::guest_kernel(guest);
+    let (templates, disk, volume, write) = if claim {
+        (
+            format!("  dataVolumeTemplates:\n    - metadata:\n        name: {name}-data\n      spec:\n        source:\n          blank: {{}}\n        storage:\n          resources:\n            requests:\n              storage: 16Mi\n"),
+            "            - name: data\n              disk: {bus: virtio}\n".to_string(),
+            format!("        - name: data\n          dataVolume:\n            name: {name}-data\n"),
+            format!("              echo \"VMO-CLAIM-DATA-{name}\" | dd of=/dev/vdb bs=512 seek=0 conv=fsync 2>/dev/null\n"),
+        )
+    } else {
+        Default::default()
+    };
     format!(
         r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachine
@@ -532,7 +547,7 @@ metadata:
   name: {name}
 spec:
   runStrategy: Always
-  template:
+{templates}  template:
     spec:
       evictionStrategy: {eviction}
       terminationGracePeriodSeconds: 5
@@ -549,18 +564,18 @@ spec:
           disks:
             - name: scratch
               disk: {{bus: virtio}}
-            - name: cloudinit
+{disk}            - name: cloudinit
               disk: {{bus: virtio}}
       volumes:
         - name: scratch
           emptyDisk:
             capacity: 32Mi
-        - name: cloudinit
+{volume}        - name: cloudinit
           cloudInitNoCloud:
             userData: |
               #!/bin/sh
               echo "VMO-LOCAL-DATA-{name}" | dd of=/dev/vda bs=512 seek=0 conv=fsync 2>/dev/null
-              (n=0; while :; do n=$((n + 1)); echo "disk-tick $n" | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; sleep 1; done) &
+{write}              (n=0; while :; do n=$((n + 1)); echo "disk-tick $n" | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; sleep 1; done) &
               echo VMO-E2E-WROTE
 "#,
         g = guest.display(),
@@ -605,7 +620,7 @@ async fn a_vm_on_a_local_disk_migrates_with_its_data() {
     let client = cluster.client();
     let (ok, out, err) = cluster.up.cli_with_input(
         &["apply", "-f", "-"],
-        Some(&local_disk_manifest("local", &guest, "LiveMigrate")),
+        Some(&local_disk_manifest("local", &guest, "LiveMigrate", true)),
     );
     assert!(ok, "{out}{err}");
     let running = wait_for("local running", WAIT, || async {
@@ -620,6 +635,33 @@ async fn a_vm_on_a_local_disk_migrates_with_its_data() {
     let console = console_log_until(&log, "VMO-GUEST: tick 2", Duration::from_secs(150)).await;
     assert!(console.contains("VMO-E2E-WROTE"), "{console}");
     let source_disk = cluster.agent(&source).run_dir(&uid).join("scratch.qcow2");
+    let pv_of_claim = || async {
+        let pvc = client
+            .get(&kind("pvc"), "default", "local-data")
+            .await
+            .expect("the VM's claim");
+        let pv = pvc.spec()["volumeName"]
+            .as_str()
+            .expect("bound")
+            .to_string();
+        client.get(&kind("pv"), "", &pv).await.expect("its volume")
+    };
+    let pv_path = |pv: &Object| PathBuf::from(pv.spec()["local"]["path"].as_str().unwrap());
+    let pv_node = |pv: &Object| {
+        pv.spec()["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+            ["values"][0]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let before = pv_of_claim().await;
+    assert_eq!(
+        pv_node(&before),
+        source,
+        "the claim's volume is on the VM's node"
+    );
+    let source_claim_file = pv_path(&before);
+    assert!(read_image(&source_claim_file, 0, 64).starts_with("VMO-CLAIM-DATA-local"));
     let ticks_before = disk_tick(&read_image(&source_disk, 4096, 64));
     assert!(ticks_before > 0, "the guest writes its disk");
 
@@ -643,6 +685,17 @@ async fn a_vm_on_a_local_disk_migrates_with_its_data() {
     })
     .await;
     assert!(later > ticks_before);
+    // The claim's volume moved with it: the volume names the target and a file there holding the
+    // data; the source's file is gone.
+    let after = pv_of_claim().await;
+    assert_eq!(pv_node(&after), node, "the volume follows the VM");
+    let target_claim_file = pv_path(&after);
+    assert!(target_claim_file.starts_with(&cluster.agent(&node).data_dir));
+    assert!(
+        read_image(&target_claim_file, 0, 64).starts_with("VMO-CLAIM-DATA-local"),
+        "the claim's data is on the target"
+    );
+    assert!(!source_claim_file.exists(), "the source's copy is removed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -674,7 +727,7 @@ async fn draining_a_node_with_four_vms() {
     for (name, eviction) in vms {
         let (ok, out, err) = cluster.up.cli_with_input(
             &["apply", "-f", "-"],
-            Some(&local_disk_manifest(name, &guest, eviction)),
+            Some(&local_disk_manifest(name, &guest, eviction, false)),
         );
         assert!(ok, "{out}{err}");
     }

@@ -37,8 +37,10 @@ pub enum MigrateError {
     Mirror { drive: String, why: String },
 }
 
-/// QEMU drive ids of the writable disks that live on the node and must be copied to a target.
-pub fn local_disks(spec: &VmiSpec) -> Vec<String> {
+/// QEMU drive ids of the writable disks that live on the node and must be copied to a target:
+/// empty disks, container-disk overlays, and the volumes named in `local_claims` (claims in the
+/// node's local pool).
+pub fn local_disks(spec: &VmiSpec, local_claims: &[String]) -> Vec<String> {
     spec.domain
         .devices
         .disks
@@ -48,7 +50,9 @@ pub fn local_disks(spec: &VmiSpec) -> Vec<String> {
                 d.cdrom.is_some() || d.disk.as_ref().and_then(|t| t.readonly).unwrap_or(false);
             let local = spec.volumes.iter().any(|v| {
                 v.name == d.name
-                    && (v.empty_disk.is_some() || v.extra.contains_key("containerDisk"))
+                    && (v.empty_disk.is_some()
+                        || v.extra.contains_key("containerDisk")
+                        || local_claims.contains(&v.name))
             });
             local && !readonly
         })
@@ -410,7 +414,7 @@ mod tests {
             ],
         }))
         .unwrap();
-        assert_eq!(local_disks(&spec), ["ua-scratch", "ua-image"]);
+        assert_eq!(local_disks(&spec, &[]), ["ua-scratch", "ua-image"]);
     }
 
     fn config(v: Value) -> MigrationConfiguration {

@@ -154,7 +154,24 @@ impl VolumeIndex {
             .collect()
     }
 
+    /// An `ephemeral` volume of the instance whose claim is in a node's local pool, and that node.
+    pub fn local_ephemeral(&self, vmi: &Object) -> Option<(String, String)> {
+        let ns = &vmi.metadata.namespace;
+        let spec = serde_json::from_value::<VmiSpec>(vmi.spec().clone()).ok()?;
+        spec.volumes.iter().find_map(|v| {
+            v.ephemeral.as_ref()?;
+            let name = v.claim_name()?.to_string();
+            let node = self
+                .claims
+                .get(&(ns.clone(), name.clone()))?
+                .pinned_to
+                .clone()?;
+            Some((name, node))
+        })
+    }
+
     /// True when the instance uses a claim bound in a node's local pool.
+    #[cfg(test)]
     pub fn uses_local_volume(&self, vmi: &Object) -> Option<(String, String)> {
         let ns = &vmi.metadata.namespace;
         Self::claim_names(vmi).into_iter().find_map(|name| {
@@ -255,6 +272,16 @@ mod tests {
         assert_eq!(
             ix.uses_local_volume(&vmi(&["rwx", "on-b"])),
             Some(("on-b".to_string(), "b".to_string()))
+        );
+        let mut eph = vmi(&[]);
+        eph.body["spec"]["volumes"] = json!([
+            {"name": "a", "persistentVolumeClaim": {"claimName": "on-a"}},
+            {"name": "e", "ephemeral": {"persistentVolumeClaim": {"claimName": "on-b"}}},
+            {"name": "s", "ephemeral": {"persistentVolumeClaim": {"claimName": "rwx"}}}]);
+        assert_eq!(
+            ix.local_ephemeral(&eph),
+            Some(("on-b".to_string(), "b".to_string())),
+            "only ephemeral volumes on local claims keep a VM from migrating"
         );
     }
 
