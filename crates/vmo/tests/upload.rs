@@ -156,6 +156,7 @@ async fn uploads_store_the_image_resume_after_a_kill_and_boot() {
     let dir = KeptDir::new("vmo-upload-");
     let _qemus = KillQemus(dir.path().to_path_buf());
     let (up, data) = start(&dir).await;
+    let _reaper = vmo_testkit::QemuReaper(data.clone());
     let client = up.client();
     let qcow2 = guest.join("disk.qcow2");
     let raw = guest.join("disk.img");
@@ -451,6 +452,7 @@ async fn a_hand_made_ova_becomes_a_vm_that_boots() {
     let ova = tar(&work, "web.ova", &["web.ovf", "web.mf", "web-disk1.vmdk"]);
     let _qemus = KillQemus(dir.path().to_path_buf());
     let (up, data) = start(&dir).await;
+    let _reaper = vmo_testkit::QemuReaper(data.clone());
     let client = up.client();
 
     // Bad archives fail before anything is created, saying why.

@@ -83,6 +83,12 @@ pub async fn run(client: Client, config: AgentConfig, vms: Vms) {
         changed.clone(),
         informer::every_change,
     );
+    let data_volumes = informer::start(
+        client.clone(),
+        kinds.data_volume,
+        changed.clone(),
+        |_, _| false,
+    );
     let worker = Arc::new(Worker {
         events: Recorder::new(client.clone(), "vmo-agent", &me),
         client,
@@ -97,7 +103,7 @@ pub async fn run(client: Client, config: AgentConfig, vms: Vms) {
             _ = changed.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(3)) => {}
         }
-        if !claims.synced() || !volumes.synced() {
+        if !claims.synced() || !volumes.synced() || !data_volumes.synced() {
             continue;
         }
         tasks.retain(|_, t| !t.is_finished());
@@ -110,7 +116,18 @@ pub async fn run(client: Client, config: AgentConfig, vms: Vms) {
                     .unwrap_or("")
                     .is_empty()
         };
-        for claim in claims.select(mine) {
+        // A DataVolume that failed stays failed until it is deleted and made again (as CDI's).
+        let failed = |c: &Object| {
+            owner_data_volume(c).is_some_and(|dv| {
+                data_volumes
+                    .select(|d| {
+                        d.metadata.namespace == c.metadata.namespace && d.metadata.name == dv
+                    })
+                    .first()
+                    .is_some_and(|d| d.status()["phase"] == phase::FAILED)
+            })
+        };
+        for claim in claims.select(mine).into_iter().filter(|c| !failed(c)) {
             let key = format!("provision/{}", claim.metadata.uid);
             if tasks.contains_key(&key) {
                 continue;
