@@ -3,7 +3,8 @@
 //! its checksum) over HTTP boots from it; vmdk and qcow2 imports; each bad input (404, a closed
 //! port, a wrong checksum, an image larger than its claim) ends Failed with its cause named and
 //! no volume bound; a copy-on-write clone of the stopped VM's disk boots as a second VM while the
-//! first runs again; a claim grows online under its running VM; deleting a DataVolume removes its
+//! first runs again; a claim grows online under its running VM and the guest sees the new size;
+//! an ephemeral volume leaves its claim untouched; deleting a DataVolume removes its
 //! claim, its volume and the file.
 
 use serde_json::{json, Value};
@@ -322,11 +323,19 @@ async fn images_import_into_volumes_that_vms_boot_from() {
         image_info(&copy_file)["backing-filename"].is_string(),
         "a clone in the same pool is copy-on-write"
     );
-    let copy = vm(
+    let mut copy = vm(
         "copy",
         json!({"name": "root", "persistentVolumeClaim": {"claimName": "web-copy"}}),
         json!([]),
     );
+    // Its guest prints the size of its disk every second, to see a growth from inside.
+    let template = &mut copy["spec"]["template"]["spec"];
+    template["domain"]["devices"]["disks"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "cloudinit", "disk": {"bus": "virtio"}}));
+    template["volumes"].as_array_mut().unwrap().push(json!({"name": "cloudinit",
+        "cloudInitNoCloud": {"userData": "#!/bin/sh\n(while :; do echo \"VMO-DISK-SECTORS $(cat /sys/block/vda/size)\"; sleep 1; done) &\n"}}));
     client.create(&kind("vm"), "default", &copy).await.unwrap();
     let (ok, out, err) = up.cli(&["start", "web"]);
     assert!(ok, "{out}{err}");
@@ -357,6 +366,18 @@ async fn images_import_into_volumes_that_vms_boot_from() {
     })
     .await;
     assert_eq!(image_info(&copy_file)["virtual-size"], 96 << 20);
+    let copy_vmi = get(&client, "vmi", "copy").await.unwrap();
+    let grown = console_log_until(
+        &serial_log(&data, &copy_vmi.metadata.uid),
+        &format!("VMO-DISK-SECTORS {}", (96u64 << 20) / 512),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        grown.contains(&format!("VMO-DISK-SECTORS {}", (96u64 << 20) / 512)),
+        "the running guest sees its disk grow: {}",
+        grown.lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+    );
     let (_, events, _) = up.cli(&["get", "events"]);
     assert!(events.contains("VolumeResizeSuccessful"), "{events}");
 
