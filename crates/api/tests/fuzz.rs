@@ -174,11 +174,59 @@ fn manifests_decode_and_validate_without_panicking() {
     }
 }
 
+fn data_volume_seed() -> Value {
+    json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "metadata": {"name": "fuzz", "namespace": "default"},
+        "spec": {"source": {"http": {"url": "https://images.example/disk.qcow2",
+                    "secretRef": "creds", "certConfigMap": "ca", "extraHeaders": ["X-A: b"],
+                    "checksum": format!("sha256:{}", "a".repeat(64))}},
+                 "storage": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem",
+                             "storageClassName": "local",
+                             "resources": {"requests": {"storage": "10Gi"}}}}
+    })
+}
+
+fn claim_seed() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "fuzz", "namespace": "default"},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "shared",
+                 "resources": {"requests": {"storage": "1Gi"}},
+                 "dataSource": {"kind": "PersistentVolumeClaim", "name": "golden"}}
+    })
+}
+
+fn class_seed() -> Value {
+    json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "fuzz", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "vmo.io/local", "parameters": {"format": "qcow2"},
+        "reclaimPolicy": "Retain", "volumeBindingMode": "WaitForFirstConsumer",
+        "allowVolumeExpansion": true
+    })
+}
+
 #[test]
-fn structured_mutations_of_valid_vms_are_validated_without_panicking() {
+fn structured_mutations_of_valid_objects_are_validated_without_panicking() {
+    for (name, seed) in [
+        ("vm", vm_seed as fn() -> Value),
+        ("datavolume", data_volume_seed),
+        ("pvc", claim_seed),
+        ("storageclass", class_seed),
+    ] {
+        let registry = Registry::builtin();
+        let kind = registry.resolve(name).copied().expect("kind");
+        assert!(
+            (kind.validate)(&Object::from_value(seed()).expect("seed")).is_empty(),
+            "the {name} seed is valid"
+        );
+        structured_mutations(kind, seed);
+    }
+}
+
+fn structured_mutations(kind: vmo_api::KindInfo, seed_object: fn() -> Value) {
     let mut rng = Rng(seed());
-    let registry = Registry::builtin();
-    let kind = registry.resolve("vm").copied().expect("vm kind");
     let replacements = [
         json!(null),
         json!(-1),
@@ -193,7 +241,7 @@ fn structured_mutations_of_valid_vms_are_validated_without_panicking() {
         json!([{"name": ""}]),
     ];
     for _ in 0..ITERATIONS / 4 {
-        let mut v = vm_seed();
+        let mut v = seed_object();
         for _ in 0..1 + rng.below(4) {
             // Walk to a random node, recording its JSON pointer, then replace it.
             let mut pointer = String::new();
