@@ -380,6 +380,33 @@ async fn images_import_into_volumes_that_vms_boot_from() {
     );
     let (_, events, _) = up.cli(&["get", "events"]);
     assert!(events.contains("VolumeResizeSuccessful"), "{events}");
+    // Offline too: a claim no VM uses grows as a file.
+    client
+        .merge_patch(&pvc_kind, "default", "from-vmdk", None, &patch, "test")
+        .await
+        .expect("grow offline");
+    wait_for("the unused claim's new capacity", WAIT, || async {
+        get(&client, "pvc", "from-vmdk")
+            .await
+            .filter(|c| c.status()["capacity"]["storage"] == "100663296")
+    })
+    .await;
+    assert_eq!(
+        image_info(&claim_file(&client, "from-vmdk").await)["virtual-size"],
+        96 << 20
+    );
+    // Shrinking is refused with the field named.
+    let shrink = json!({"spec": {"resources": {"requests": {"storage": "8Mi"}}}});
+    let refused = client
+        .merge_patch(&pvc_kind, "default", "from-vmdk", None, &shrink, "test")
+        .await
+        .expect_err("a claim never shrinks");
+    assert!(
+        refused
+            .to_string()
+            .contains("spec.resources.requests[storage]"),
+        "{refused}"
+    );
 
     // An ephemeral volume boots from a claim through a throwaway overlay: the claim's file stays
     // exactly as it was.
