@@ -7,6 +7,7 @@ pub mod coordination;
 pub mod core;
 pub mod kubevirt;
 pub mod migration;
+pub mod network;
 pub mod settings;
 pub mod snapshot;
 pub mod storage;
@@ -140,6 +141,7 @@ impl Registry {
         kinds.extend(settings::kinds());
         kinds.extend(storage::kinds());
         kinds.extend(cdi::kinds());
+        kinds.extend(network::kinds());
         kinds.extend(snapshot::kinds());
         Self { kinds }
     }

@@ -45,6 +45,9 @@ pub struct ClusterSettingsSpec {
     /// so, started again elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eviction_strategy: Option<String>,
+    /// The default network's range, the service range and the node bridge's VLAN policy.
+    #[serde(default)]
+    pub network: super::network::NetworkSettings,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -89,6 +92,10 @@ fn validate_settings(o: &Object) -> Vec<FieldError> {
     match super::kubevirt::decode_at::<ClusterSettingsSpec>(&spec, "spec") {
         Ok(spec) => {
             errors.extend(spec.migrations.validate("spec.migrations"));
+            errors.extend(super::network::validate_network_settings(
+                &spec.network,
+                "spec.network",
+            ));
             if let Some(s) = spec.eviction_strategy.as_deref() {
                 if !EVICTION_STRATEGIES.contains(&s) {
                     errors.push(FieldError::not_supported(
