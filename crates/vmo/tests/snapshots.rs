@@ -4,7 +4,8 @@
 //! guest keeps running; a marker written after it is gone once the stopped VM is restored, and the
 //! VM spec is back too; a restore while the VM runs waits and says why; a restore into a new VM
 //! and a clone (fresh MAC address and serial) boot with the snapshot's data. Bad input: a snapshot
-//! of a VM that does not exist fails, and a restore of it says the snapshot is not ready.
+//! of a VM that does not exist fails, and a restore of it says the snapshot is not ready. One
+//! claim's VolumeSnapshot (class with deletionPolicy Retain) restores into a new claim.
 
 use serde_json::{json, Value};
 use std::io::Write;
@@ -484,6 +485,97 @@ async fn snapshots_restore_and_clone_vms_with_their_disks() {
         (a.is_empty() && b.is_empty()).then_some(())
     })
     .await;
+    // One claim on its own: a VolumeSnapshot (class with deletionPolicy Retain) of the running VM's
+    // disk, and a new claim restored from it.
+    create(
+        &client,
+        "volumesnapshotclass",
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+               "metadata": {"name": "keep"}, "driver": "vmo.io/local", "deletionPolicy": "Retain"}),
+    )
+    .await;
+    create(
+        &client,
+        "vs",
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+               "metadata": {"name": "a-now", "namespace": "default"},
+               "spec": {"volumeSnapshotClassName": "keep",
+                        "source": {"persistentVolumeClaimName": "db-a"}}}),
+    )
+    .await;
+    let vs = wait_for("the volume snapshot", WAIT, || async {
+        get(&client, "vs", "a-now")
+            .await
+            .filter(|v| v.status()["readyToUse"] == true)
+    })
+    .await;
+    assert_eq!(vs.status()["restoreSize"], "16777216");
+    let content = vs.status()["boundVolumeSnapshotContentName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let content = get(&client, "vsc", &content).await.expect("content");
+    assert!(content.status()["snapshotHandle"]
+        .as_str()
+        .is_some_and(|h| h.ends_with(&format!("#vs-{}", vs.metadata.uid))));
+    create(
+        &client,
+        "sc",
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": "local-now"}, "provisioner": "vmo.io/local",
+               "volumeBindingMode": "Immediate"}),
+    )
+    .await;
+    create(
+        &client,
+        "pvc",
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "from-vs", "namespace": "default"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-now",
+                        "resources": {"requests": {"storage": "16Mi"}},
+                        "dataSource": {"apiGroup": "snapshot.storage.k8s.io",
+                                       "kind": "VolumeSnapshot", "name": "a-now"}}}),
+    )
+    .await;
+    let pvc = wait_for("the restored claim to bind", WAIT, || async {
+        get(&client, "pvc", "from-vs")
+            .await
+            .filter(|c| c.status()["phase"] == "Bound")
+    })
+    .await;
+    let pv = get(&client, "pv", pvc.spec()["volumeName"].as_str().unwrap())
+        .await
+        .unwrap();
+    let raw = dir.path().join("from-vs.raw");
+    let out = Command::new("qemu-img")
+        .args(["convert", "-U", "-O", "raw"])
+        .arg(pv.spec()["local"]["path"].as_str().unwrap())
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = std::fs::read(&raw).unwrap();
+    assert!(
+        head.starts_with(b"VMOBEFOREa"),
+        "the restored claim has the data"
+    );
+    client
+        .delete(&kind("vs"), "default", "a-now", "Background")
+        .await
+        .unwrap();
+    wait_for("the volume snapshot to go", WAIT, || async {
+        get(&client, "vs", "a-now").await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        internal_snapshots(&client, "db-a").await.len(),
+        1,
+        "Retain keeps the data"
+    );
     let (_, events, _) = up.cli(&["get", "events"]);
     assert!(
         events.contains("SuccessfulVirtualMachineSnapshot"),
