@@ -576,6 +576,10 @@ async fn snapshots_restore_and_clone_vms_with_their_disks() {
         1,
         "Retain keeps the data"
     );
+    assert!(
+        get(&client, "vsc", &content.metadata.name).await.is_some(),
+        "Retain keeps the VolumeSnapshotContent"
+    );
     let (_, events, _) = up.cli(&["get", "events"]);
     assert!(
         events.contains("SuccessfulVirtualMachineSnapshot"),

@@ -635,8 +635,9 @@ impl Worker {
             .source_claim(&vs)
             .and_then(|c| self.file_of(&c))
             .map(|(f, _)| f);
+        let delete = self.deletion_policy(&vs).await == "Delete";
         if let Some(file) = file.filter(|f| f.exists()) {
-            if self.deletion_policy(&vs).await == "Delete" {
+            if delete {
                 let handles: Vec<_> = self
                     .vms
                     .lock()
@@ -670,11 +671,14 @@ impl Worker {
                 }
             }
         }
-        let content = format!("snapcontent-{}", vs.metadata.uid);
-        let _ = self
-            .client
-            .delete(&self.snap.content, "", &content, "Background")
-            .await;
+        // Retain keeps the VolumeSnapshotContent too, as Kubernetes does.
+        if delete {
+            let content = format!("snapcontent-{}", vs.metadata.uid);
+            let _ = self
+                .client
+                .delete(&self.snap.content, "", &content, "Background")
+                .await;
+        }
         let mut released = vs.clone();
         released
             .metadata
