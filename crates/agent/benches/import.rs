@@ -283,7 +283,6 @@ fn main() {
     ] {
         let (mut plain, mut flushed) = (Vec::new(), Vec::new());
         let (mut http, mut stream) = (Vec::new(), Vec::new());
-        if std::env::var("ONLYLOCAL").is_ok() { if format != "raw" { continue; } for _ in 0..2 { let s = import(name, method, false); eprintln!("local {:?} {}", s.wall, s.cpu); } return; }
         for _ in 0..runs {
             plain.push(baseline(input, format, false));
             flushed.push(baseline(input, format, true));
@@ -307,7 +306,11 @@ fn main() {
                 flushed,
                 false,
             ),
-            (format!("import over HTTP: {format} ({method:?})"), http, true),
+            (
+                format!("import over HTTP: {format} ({method:?})"),
+                http,
+                true,
+            ),
             (
                 format!("import of a local stream: {format} ({method:?})"),
                 stream,

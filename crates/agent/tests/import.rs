@@ -265,6 +265,16 @@ fn respond(
             return full(StatusCode::UNAUTHORIZED, "who are you?");
         }
     }
+    // `/r/NAME` redirects to `NAME`, relative to the request's path.
+    if let Some(name) = req.uri().path().strip_prefix("/r/") {
+        return Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", format!("../{name}"))
+            .body(BodyExt::boxed(
+                Full::new(Bytes::new()).map_err(|never| match never {}),
+            ))
+            .unwrap();
+    }
     let Some(data) = files.get(req.uri().path().trim_start_matches('/')) else {
         return full(StatusCode::NOT_FOUND, "no such file");
     };
@@ -646,6 +656,30 @@ async fn a_404_names_status_and_url() {
             .starts_with(&format!("HTTP 404 Not Found from {}", src.url)),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_followed_and_an_empty_image_is_refused() {
+    let case = Case::new("redirect");
+    std::fs::write(case.images.dir.join("empty.img"), b"").unwrap();
+    let server = Server::start(&case.images.dir, Behaviour::default(), None).await;
+    let src = HttpSource {
+        url: server.url("r/disk.raw"),
+        ..Default::default()
+    };
+    let target = case.target(VolumeFormat::Raw);
+    import::import_http(&src, &target, Progress::none())
+        .await
+        .unwrap();
+    case.assert_volume(&target);
+    std::fs::remove_file(&target.path).unwrap();
+
+    let src = HttpSource {
+        url: server.url("empty.img"),
+        ..Default::default()
+    };
+    let err = import_error(&src, &case, VolumeFormat::Qcow2).await;
+    assert!(err.to_string().contains("empty"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,14 +104,45 @@ impl Url {
         } else if let Some(rest) = location.strip_prefix("//") {
             format!("{scheme}://{rest}")
         } else if location.starts_with('/') {
-            format!("{scheme}://{}{location}", self.authority)
+            format!("{scheme}://{}{}", self.authority, without_dots(location))
         } else {
             let path = self.path.split('?').next().unwrap_or("/");
             let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
-            format!("{scheme}://{}{dir}{location}", self.authority)
+            let joined = without_dots(&format!("{dir}{location}"));
+            format!("{scheme}://{}{joined}", self.authority)
         };
         Url::parse(&absolute)
     }
+}
+
+/// `path` (absolute, maybe with a query) with its `.` and `..` segments resolved.
+fn without_dots(path: &str) -> String {
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+        // A path ending in `.` or `..` names a directory.
+        if last && (*segment == "." || *segment == "..") {
+            out.push("");
+        }
+    }
+    let mut text = format!("/{}", out.join("/"));
+    if let Some(q) = query {
+        text.push('?');
+        text.push_str(q);
+    }
+    text
 }
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -509,6 +540,15 @@ mod tests {
             "https://[::1]:8443/a/c.img"
         );
         assert_eq!(u.join("/d").unwrap().text(), "https://[::1]:8443/d");
+        assert_eq!(
+            u.join("../c.img").unwrap().text(),
+            "https://[::1]:8443/c.img"
+        );
+        assert_eq!(
+            u.join("./x/../y?q=1").unwrap().text(),
+            "https://[::1]:8443/a/y?q=1"
+        );
+        assert_eq!(u.join("/p/../../q").unwrap().text(), "https://[::1]:8443/q");
         assert_eq!(u.join("http://other/e").unwrap().text(), "http://other/e");
         let plain = Url::parse("http://example.com").unwrap();
         assert_eq!((plain.port, plain.path.as_str()), (80, "/"));

@@ -333,10 +333,29 @@ fn daemon_error(detail: String) -> ImportError {
 
 impl Daemon {
     /// Starts the daemon and waits until it serves.
+    ///
+    /// The daemon writes with `O_DIRECT` (Linux AIO), bypassing the host's page cache: the volume
+    /// is not read back by the host, and on the machines measured the page-cache copy cost the
+    /// daemon three times the CPU (see docs/benchmarks-import.md). File systems without
+    /// `O_DIRECT` (tmpfs) get buffered writes.
     pub(crate) async fn serve(image: &Path, socket: &Path) -> Result<Self, ImportError> {
+        match Self::start(image, socket, true).await {
+            Err(ImportError::Tool { detail, .. }) if detail.contains("O_DIRECT") => {
+                tracing::debug!(%detail, "no O_DIRECT for the volume; buffered writes");
+                Self::start(image, socket, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn start(image: &Path, socket: &Path, direct: bool) -> Result<Self, ImportError> {
         let _ = std::fs::remove_file(socket);
-        let file =
+        let mut file =
             json!({"driver": "file", "node-name": "file0", "filename": image.to_string_lossy()});
+        if direct {
+            file["cache"] = json!({"direct": true});
+            file["aio"] = json!("native");
+        }
         let qcow2 = json!({"driver": "qcow2", "node-name": "vol0", "file": "file0"});
         let server = json!({"addr": {"type": "unix", "path": socket.to_string_lossy()}});
         let export = json!({"type": "nbd", "id": "export0", "node-name": "vol0", "name": EXPORT, "writable": true});
