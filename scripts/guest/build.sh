@@ -226,7 +226,7 @@ TIMEOUT 0
 LABEL vmo
   LINUX /vmlinuz
   INITRD /initrd.img
-  APPEND console=ttyS0,115200 quiet
+  APPEND console=ttyS0,115200 quiet no_timer_check
 EOF
 kib=$(du -sk "$bootdir" | cut -f1)
 part_mib=$(( (kib / 1024) + 16 ))           # room for ldlinux.sys and the journal

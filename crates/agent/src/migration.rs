@@ -126,6 +126,21 @@ impl Runner {
             .as_ref()
             .map(|s| migrate::local_disks(s, &names))
             .unwrap_or_default();
+        // Internal snapshots stay behind in the source's file: refuse rather than lose them.
+        for c in &claims {
+            let snapshots = crate::storage::files::info(&c.path)
+                .await
+                .map(|i| i["snapshots"].as_array().map_or(0, Vec::len))
+                .unwrap_or(0);
+            if snapshots > 0 {
+                let why = format!(
+                    "persistentvolumeclaim {:?} in {}'s local pool has {snapshots} volume snapshot(s), which a live migration does not carry; delete them or keep the VM on its node",
+                    c.claim, self.config.node_name
+                );
+                self.report_failure(vmi, &why, false, &why).await;
+                return;
+            }
+        }
         let targets = &state
             .extra
             .get("targetVolumePaths")

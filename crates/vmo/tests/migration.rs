@@ -662,6 +662,55 @@ async fn a_vm_on_a_local_disk_migrates_with_its_data() {
     );
     let source_claim_file = pv_path(&before);
     assert!(read_image(&source_claim_file, 0, 64).starts_with("VMO-CLAIM-DATA-local"));
+    // A volume snapshot would be left behind in the source's file: the migration is refused,
+    // saying so, and the VM keeps running where it is.
+    let snapshot = serde_json::json!({"apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot", "metadata": {"name": "before-move", "namespace": "default"},
+        "spec": {"source": {"persistentVolumeClaimName": "local-data"}}});
+    client
+        .create(&kind("volumesnapshot"), "default", &snapshot)
+        .await
+        .expect("volume snapshot");
+    wait_for("the snapshot to be ready", WAIT, || async {
+        client
+            .get(&kind("volumesnapshot"), "default", "before-move")
+            .await
+            .ok()
+            .filter(|s| s.status()["readyToUse"] == true)
+    })
+    .await;
+    let (ok, out, err) = cluster
+        .up
+        .cli(&["migrate", "local", "--wait", "--timeout", "120"]);
+    assert!(
+        !ok && format!("{out}{err}").contains("volume snapshot"),
+        "{out}{err}"
+    );
+    let still = vmi(&client, "local").await.unwrap();
+    assert_eq!(node_of(&still), source);
+    assert_eq!(still.status()["phase"], "Running");
+    client
+        .delete(
+            &kind("volumesnapshot"),
+            "default",
+            "before-move",
+            "Background",
+        )
+        .await
+        .unwrap();
+    wait_for("the snapshot to go from the file", WAIT, || async {
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(&source_claim_file)
+            .output()
+            .ok()?;
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).ok()?;
+        info["snapshots"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+            .then_some(())
+    })
+    .await;
     let ticks_before = disk_tick(&read_image(&source_disk, 4096, 64));
     assert!(ticks_before > 0, "the guest writes its disk");
 
