@@ -75,6 +75,28 @@ impl Runner {
         }
     }
 
+    /// What a migration of `vmi` copies: its claims in a node's local pool, and the QEMU drive ids
+    /// of every node-local writable disk (those claims', empty disks', overlays').
+    async fn moving_disks(
+        &self,
+        vmi: &Object,
+        spec: Option<&VmiSpec>,
+    ) -> (Vec<LocalClaim>, Vec<String>) {
+        let Some(spec) = spec else {
+            return (Vec::new(), Vec::new());
+        };
+        let claims = crate::storage::claims::local_claims(
+            &self.client,
+            &self.storage,
+            &vmi.metadata.namespace,
+            spec,
+        )
+        .await;
+        let names: Vec<String> = claims.iter().map(|c| c.volume.clone()).collect();
+        let drives = migrate::local_disks(spec, &names);
+        (claims, drives)
+    }
+
     /// Source side: acts on the latest migration state of an instance this task runs.
     pub(crate) async fn on_migration(
         &self,
@@ -109,23 +131,7 @@ impl Runner {
             .as_ref()
             .and_then(|s| s.guest_memory_bytes().ok())
             .unwrap_or(1 << 30);
-        let claims = match &spec {
-            Some(s) => {
-                crate::storage::claims::local_claims(
-                    &self.client,
-                    &self.storage,
-                    &vmi.metadata.namespace,
-                    s,
-                )
-                .await
-            }
-            None => Vec::new(),
-        };
-        let names: Vec<String> = claims.iter().map(|c| c.volume.clone()).collect();
-        let mirrors = spec
-            .as_ref()
-            .map(|s| migrate::local_disks(s, &names))
-            .unwrap_or_default();
+        let (claims, mirrors) = self.moving_disks(vmi, spec.as_ref()).await;
         // Internal snapshots stay behind in the source's file: refuse rather than lose them.
         for c in &claims {
             let snapshots = crate::storage::files::info(&c.path)
@@ -528,23 +534,7 @@ impl Runner {
         };
         let config = state.migration_configuration.clone().unwrap_or_default();
         let spec = serde_json::from_value::<VmiSpec>(vmi.spec().clone()).ok();
-        let claims = match &spec {
-            Some(s) => {
-                crate::storage::claims::local_claims(
-                    &self.client,
-                    &self.storage,
-                    &vmi.metadata.namespace,
-                    s,
-                )
-                .await
-            }
-            None => Vec::new(),
-        };
-        let names: Vec<String> = claims.iter().map(|c| c.volume.clone()).collect();
-        let drives = spec
-            .as_ref()
-            .map(|s| migrate::local_disks(s, &names))
-            .unwrap_or_default();
+        let (claims, drives) = self.moving_disks(vmi, spec.as_ref()).await;
         // Where this node keeps its copies of the claims that move here.
         let volume_paths: serde_json::Map<String, Value> = claims
             .iter()

@@ -473,6 +473,19 @@ impl Client {
         )
     }
 
+    /// Removes `finalizer` from `obj`, conditional on the version read (a conflict means someone
+    /// else wrote it meanwhile; the caller's next pass decides again).
+    pub async fn remove_finalizer(
+        &self,
+        kind: &KindInfo,
+        obj: &Object,
+        finalizer: &str,
+    ) -> Result<Object, ClientError> {
+        let mut released = obj.clone();
+        released.metadata.finalizers.retain(|f| f != finalizer);
+        self.update(kind, &released, None).await
+    }
+
     /// Replaces an object, or its status with `subresource` = `Some("status")`.
     pub async fn update(
         &self,

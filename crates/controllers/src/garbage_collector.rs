@@ -169,9 +169,7 @@ async fn pass(client: &Client, registry: &Registry, caches: &[(KindInfo, Cache)]
             } else {
                 FOREGROUND_FINALIZER
             };
-            let mut updated = owner.clone();
-            updated.metadata.finalizers.retain(|f| f != finalizer);
-            let r = client.update(kind, &updated, None).await;
+            let r = client.remove_finalizer(kind, owner, finalizer).await;
             record(&mut failures, "remove its finalizer", owner, r);
         }
     }

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod files;
 pub mod netns;
+pub mod objects;
 pub use cluster::{AgentProcess, Cluster, QemuReaper};
 pub use files::FileServer;
 pub use netns::HostNetwork;

@@ -9,28 +9,19 @@
 
 use serde_json::{json, Value};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vmo_api::{Object, Registry};
+use vmo_api::Object;
 use vmo_client::Client;
+use vmo_testkit::objects::{get, kind, printable, ready_message, serial_log};
 use vmo_testkit::{console_log_until, process_alive, test_guest, wait_for, KeptDir, VmoProcess};
 
 const WAIT: Duration = Duration::from_secs(180);
 
 fn vmo() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vmo"))
-}
-
-fn kind(name: &str) -> vmo_api::KindInfo {
-    *Registry::builtin().resolve(name).expect("kind")
-}
-
-async fn get(client: &Client, resource: &str, name: &str) -> Option<Object> {
-    let k = kind(resource);
-    let ns = if k.namespaced { "default" } else { "" };
-    client.get(&k, ns, name).await.ok()
 }
 
 /// The guest's user-data: finds the two data disks by size and prints what each starts with, and
@@ -75,10 +66,6 @@ fn vm_manifest(name: &str, guest: &Path) -> Value {
                             {"name": "cloudinit", "cloudInitNoCloud": {"userData": USER_DATA}}]}}}})
 }
 
-fn serial_log(data: &Path, uid: &str) -> PathBuf {
-    data.join("agent").join("vms").join(uid).join("serial.log")
-}
-
 fn qemu_pid(data: &Path, uid: &str) -> u32 {
     let dir = data.join("agent").join("vms").join(uid);
     std::fs::read_dir(&dir)
@@ -88,15 +75,6 @@ fn qemu_pid(data: &Path, uid: &str) -> u32 {
         .and_then(|e| std::fs::read_to_string(e.path()).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(|| panic!("no pid file in {}", dir.display()))
-}
-
-async fn printable(client: &Client, name: &str, want: &str) -> Object {
-    wait_for(&format!("VM {name} {want}"), WAIT, || async {
-        get(client, "vm", name)
-            .await
-            .filter(|v| v.status()["printableStatus"] == want)
-    })
-    .await
 }
 
 /// The `VMO-DISKS:` line the current instance of `vm` printed when it booted.
@@ -213,15 +191,6 @@ fn vm_restore(name: &str, snapshot: &str, target: &str) -> Value {
            "metadata": {"name": name, "namespace": "default"},
            "spec": {"target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": target},
                     "virtualMachineSnapshotName": snapshot}})
-}
-
-fn ready_message(o: &Object) -> String {
-    o.status()["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-        .and_then(|c| c["message"].as_str())
-        .unwrap_or("")
-        .to_string()
 }
 
 async fn restore_says(client: &Client, name: &str, text: &str) -> Object {

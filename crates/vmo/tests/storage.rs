@@ -11,8 +11,11 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use vmo_api::{Object, Registry};
+use vmo_api::Object;
 use vmo_client::Client;
+use vmo_testkit::objects::{
+    claim_file, get, image_info, kind, printable, ready_message, serial_log, sh, sha256_of,
+};
 use vmo_testkit::{console_log_until, test_guest, wait_for, FileServer, KeptDir, VmoProcess};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -20,37 +23,6 @@ const IMMEDIATE: &str = "cdi.kubevirt.io/storage.bind.immediate.requested";
 
 fn vmo() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vmo"))
-}
-
-fn kind(name: &str) -> vmo_api::KindInfo {
-    *Registry::builtin().resolve(name).expect("kind")
-}
-
-async fn get(client: &Client, resource: &str, name: &str) -> Option<Object> {
-    let k = kind(resource);
-    let ns = if k.namespaced { "default" } else { "" };
-    client.get(&k, ns, name).await.ok()
-}
-
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().expect("command");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn sha256_of(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
 }
 
 fn data_volume(name: &str, source: Value, size: &str) -> Value {
@@ -78,48 +50,6 @@ async fn dv_phase(client: &Client, name: &str, phase: &str) -> Object {
             .filter(|d| d.status()["phase"] == phase)
     })
     .await
-}
-
-fn ready_message(dv: &Object) -> String {
-    dv.status()["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-        .and_then(|c| c["message"].as_str())
-        .unwrap_or("")
-        .to_string()
-}
-
-async fn printable(client: &Client, name: &str, want: &str) -> Object {
-    wait_for(&format!("VM {name} {want}"), WAIT, || async {
-        get(client, "vm", name)
-            .await
-            .filter(|v| v.status()["printableStatus"] == want)
-    })
-    .await
-}
-
-fn serial_log(data: &Path, uid: &str) -> PathBuf {
-    data.join("agent").join("vms").join(uid).join("serial.log")
-}
-
-/// The volume file of a bound claim.
-async fn claim_file(client: &Client, claim: &str) -> PathBuf {
-    let pvc = get(client, "pvc", claim).await.expect("claim");
-    let pv_name = pvc.spec()["volumeName"]
-        .as_str()
-        .expect("bound")
-        .to_string();
-    let pv = get(client, "pv", &pv_name).await.expect("volume");
-    PathBuf::from(pv.spec()["local"]["path"].as_str().expect("path"))
-}
-
-fn image_info(path: &Path) -> Value {
-    let out = Command::new("qemu-img")
-        .args(["info", "-U", "--output=json"])
-        .arg(path)
-        .output()
-        .expect("qemu-img");
-    serde_json::from_slice(&out.stdout).expect("info json")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

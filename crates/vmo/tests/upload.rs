@@ -10,43 +10,15 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use vmo_api::{Object, Registry};
+use vmo_api::Object;
 use vmo_client::Client;
+use vmo_testkit::objects::{claim_file, get, kind, ready_message, sh, sha256_of};
 use vmo_testkit::{console_log_until, test_guest, wait_for, KeptDir, VmoProcess};
 
 const WAIT: Duration = Duration::from_secs(180);
 
 fn vmo() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vmo"))
-}
-
-fn kind(name: &str) -> vmo_api::KindInfo {
-    *Registry::builtin().resolve(name).expect("kind")
-}
-
-async fn get(client: &Client, resource: &str, name: &str) -> Option<Object> {
-    let k = kind(resource);
-    let ns = if k.namespaced { "default" } else { "" };
-    client.get(&k, ns, name).await.ok()
-}
-
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().expect("command");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Kills the QEMUs the test's VMs run in (they outlive `vmo up` by design); declared before the
-/// `vmo up` process, so it runs after that is gone and cannot restart them.
-struct KillQemus(PathBuf);
-
-impl Drop for KillQemus {
-    fn drop(&mut self) {
-        vmo_testkit::cluster::kill_qemus_under(&self.0);
-    }
 }
 
 async fn start(dir: &KeptDir) -> (VmoProcess, PathBuf) {
@@ -60,26 +32,6 @@ async fn start(dir: &KeptDir) -> (VmoProcess, PathBuf) {
         "node-a",
     ];
     (VmoProcess::start_with_args(vmo(), &data, &args).await, data)
-}
-
-fn ready_message(dv: &Object) -> String {
-    dv.status()["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-        .and_then(|c| c["message"].as_str())
-        .unwrap_or("")
-        .to_string()
-}
-
-/// The volume file of a bound claim.
-async fn claim_file(client: &Client, claim: &str) -> PathBuf {
-    let pvc = get(client, "pvc", claim).await.expect("claim");
-    let pv_name = pvc.spec()["volumeName"]
-        .as_str()
-        .expect("bound")
-        .to_string();
-    let pv = get(client, "pv", &pv_name).await.expect("volume");
-    PathBuf::from(pv.spec()["local"]["path"].as_str().expect("path"))
 }
 
 /// `qemu-img compare` of a source image with a volume (the volume may be larger: zeros).
@@ -97,18 +49,6 @@ fn same_data(source: &Path, source_format: &str, volume: &Path) {
         source.display(),
         String::from_utf8_lossy(&out.stdout)
     );
-}
-
-fn sha256_of(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
 }
 
 fn vm(name: &str, dv: &str) -> Value {
@@ -154,9 +94,8 @@ async fn upload_state(client: &Client, dv: &str) -> Option<Value> {
 async fn uploads_store_the_image_resume_after_a_kill_and_boot() {
     let Some(guest) = test_guest() else { return };
     let dir = KeptDir::new("vmo-upload-");
-    let _qemus = KillQemus(dir.path().to_path_buf());
+    let _qemus = vmo_testkit::QemuReaper(dir.path().to_path_buf());
     let (up, data) = start(&dir).await;
-    let _reaper = vmo_testkit::QemuReaper(data.clone());
     let client = up.client();
     let qcow2 = guest.join("disk.qcow2");
     let raw = guest.join("disk.img");
@@ -450,9 +389,8 @@ async fn a_hand_made_ova_becomes_a_vm_that_boots() {
     );
     std::fs::write(work.join("web.mf"), &manifest).unwrap();
     let ova = tar(&work, "web.ova", &["web.ovf", "web.mf", "web-disk1.vmdk"]);
-    let _qemus = KillQemus(dir.path().to_path_buf());
+    let _qemus = vmo_testkit::QemuReaper(dir.path().to_path_buf());
     let (up, data) = start(&dir).await;
-    let _reaper = vmo_testkit::QemuReaper(data.clone());
     let client = up.client();
 
     // Bad archives fail before anything is created, saying why.

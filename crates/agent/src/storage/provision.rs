@@ -539,14 +539,9 @@ impl Worker {
             }
             tracing::info!(volume = %pv.metadata.name, path, "removed the volume's file");
         }
-        let mut released = pv.clone();
-        released
-            .metadata
-            .finalizers
-            .retain(|f| f != VOLUME_CLEANUP_FINALIZER);
         if let Err(e) = self
             .client
-            .update(&self.kinds.volume, &released, None)
+            .remove_finalizer(&self.kinds.volume, &pv, VOLUME_CLEANUP_FINALIZER)
             .await
         {
             tracing::debug!(volume = %pv.metadata.name, error = %e, "could not release a volume");

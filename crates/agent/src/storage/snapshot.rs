@@ -679,14 +679,9 @@ impl Worker {
                 .delete(&self.snap.content, "", &content, "Background")
                 .await;
         }
-        let mut released = vs.clone();
-        released
-            .metadata
-            .finalizers
-            .retain(|f| f != SNAPSHOT_CLEANUP_FINALIZER);
         if let Err(e) = self
             .client
-            .update(&self.snap.snapshot, &released, None)
+            .remove_finalizer(&self.snap.snapshot, &vs, SNAPSHOT_CLEANUP_FINALIZER)
             .await
         {
             tracing::debug!(snapshot = %vs.display_name(), error = %e, "could not release a snapshot");

@@ -109,12 +109,10 @@ async fn sync_claim(
         .any(|f| f == PVC_PROTECTION_FINALIZER);
     if claim.metadata.deletion_timestamp.is_some() {
         if protected && !used {
-            let mut released = claim.clone();
-            released
-                .metadata
-                .finalizers
-                .retain(|f| f != PVC_PROTECTION_FINALIZER);
-            let r = s.client.update(&s.claim_kind, &released, None).await;
+            let r = s
+                .client
+                .remove_finalizer(&s.claim_kind, claim, PVC_PROTECTION_FINALIZER)
+                .await;
             logged("release a claim", claim, r);
         } else if used {
             s.warn_once(
