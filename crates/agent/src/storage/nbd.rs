@@ -22,6 +22,8 @@ use tokio::task::JoinHandle;
 pub const MAX_IN_FLIGHT: usize = 16;
 /// The largest payload sent in one request (QEMU's server accepts up to 32 MiB).
 const MAX_PAYLOAD: usize = 16 << 20;
+/// The send buffer asked for on unix sockets.
+const SEND_BUFFER: usize = 4 << 20;
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
@@ -191,6 +193,10 @@ impl NbdClient {
                     path: path.display().to_string(),
                     why: e.to_string(),
                 })?;
+        // A unix socket holds ~200 KiB by default: a 2 MiB write would wake the server a
+        // dozen times. Room for whole requests keeps both sides streaming (capped by
+        // net.core.wmem_max; failing to get it only costs speed).
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
         Self::handshake(stream, export).await
     }
 

@@ -128,8 +128,19 @@ fn commit(target: &Target, files: &Files) -> Result<(), ImportError> {
     std::fs::File::open(&files.partial)
         .and_then(|f| f.sync_all())
         .map_err(|e| io("syncing the volume for", e))?;
-    std::fs::hard_link(&files.partial, &target.path).map_err(|e| io("linking the volume to", e))?;
-    let _ = std::fs::remove_file(&files.partial);
+    // A hard link never replaces a file that appeared at the path meanwhile; file systems
+    // without hard links get a rename after a last look.
+    match std::fs::hard_link(&files.partial, &target.path) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&files.partial);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(io("not replacing the file that appeared at", e));
+        }
+        Err(_) if !target.path.exists() => std::fs::rename(&files.partial, &target.path)
+            .map_err(|e| io("renaming the volume to", e))?,
+        Err(e) => return Err(io("linking the volume to", e)),
+    }
     if let Ok(dir) = std::fs::File::open(&files.dir) {
         let _ = dir.sync_all();
     }
