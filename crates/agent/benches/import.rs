@@ -6,8 +6,9 @@
 //! without the network). The baseline is `qemu-img convert -O qcow2` of the file on disk into a
 //! new file, which does the same format work without the network, run as by default (output not
 //! flushed: its default cache mode is `unsafe`) and with `-t writeback` (flushed at the end, as
-//! an import's volume is). Every run starts with no dirty pages (`sync`) and reads its source
-//! from the page cache.
+//! an import's volume is). For reference, the same HTTP transfer with nothing done with the body
+//! shows what the transport alone costs. Every run starts with no dirty pages (`sync`) and reads
+//! its source from the page cache.
 //!
 //! Prints per case the median of the runs: wall seconds, MiB/s of the disk's virtual size, CPU
 //! seconds (this process and the children it waited for: qemu-storage-daemon, qemu-img; not the
@@ -253,6 +254,34 @@ fn main() {
             assert_eq!(got.method, expect, "{name}");
         })
     };
+    // The transport alone: the same GET with a hyper client, the body read and dropped.
+    let transfer = |name: &str| {
+        settle();
+        measure(|| {
+            rt.block_on(async {
+                use http_body_util::BodyExt;
+                let tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+                    .await
+                    .unwrap();
+                let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+                    .max_buf_size(4 << 20)
+                    .handshake::<_, http_body_util::Empty<bytes::Bytes>>(
+                        hyper_util::rt::TokioIo::new(tcp),
+                    )
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                let request = hyper::Request::get(format!("/{name}"))
+                    .header("host", "bench")
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                let mut body = sender.send_request(request).await.unwrap().into_body();
+                while let Some(frame) = body.frame().await {
+                    drop(frame.unwrap());
+                }
+            })
+        })
+    };
 
     println!(
         "import of a {mib} MiB disk (about half data) into a qcow2 volume, median of {runs} runs"
@@ -267,9 +296,10 @@ fn main() {
         ("disk.qcow2", "qcow2", &qcow2, Method::AsIs),
     ] {
         let (mut plain, mut flushed) = (Vec::new(), Vec::new());
-        let (mut http, mut stream) = (Vec::new(), Vec::new());
+        let (mut http, mut stream, mut transfers) = (Vec::new(), Vec::new(), Vec::new());
         // Every other run the imports go first, so neither side always follows the same one.
         for r in 0..runs {
+            transfers.push(transfer(name));
             if r % 2 == 1 {
                 http.push(import(name, method, true));
                 stream.push(import(name, method, false));
@@ -306,6 +336,11 @@ fn main() {
             (
                 format!("import of a local stream: {format} ({method:?})"),
                 stream,
+                true,
+            ),
+            (
+                format!("HTTP transfer alone (body dropped): {format}"),
+                transfers,
                 true,
             ),
         ] {
