@@ -28,8 +28,12 @@
 //! when an HTTP connection drops and the server accepts byte ranges, the download continues
 //! with `Range:` from the last byte received (up to [`MAX_RESUME_ATTEMPTS`] attempts in a row
 //! with backoff), on every path (raw streaming, scratch and compressed alike, since the
-//! stream goes on where it stopped); the checksum is over the whole stream. An error that
-//! [`ImportError::is_retryable`] calls for a new import from the start.
+//! stream goes on where it stopped); the checksum is over the whole stream. After an error that
+//! [`ImportError::is_retryable`] accepts, the next import starts from the beginning.
+//!
+//! Volume files are written with `O_DIRECT` where the file system allows, by the daemon and by
+//! this code alike: the host does not read them back, and page-cache writes cost several times
+//! the CPU on the machines measured (docs/benchmarks-import.md).
 
 mod detect;
 mod finish;
