@@ -859,6 +859,73 @@ async fn a_cancelled_import_leaves_no_file_and_no_process() {
     }
 }
 
+/// Not a test by itself: [`a_killed_importer_leaves_no_daemon`] runs it in a process it kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper run by a_killed_importer_leaves_no_daemon"]
+async fn import_until_killed() {
+    let (Ok(url), Ok(path)) = (
+        std::env::var("VMO_IMPORT_HELPER_URL"),
+        std::env::var("VMO_IMPORT_HELPER_TARGET"),
+    ) else {
+        return;
+    };
+    let target = Target {
+        path: path.into(),
+        format: VolumeFormat::Qcow2,
+        capacity: CAPACITY,
+    };
+    let src = HttpSource {
+        url,
+        ..Default::default()
+    };
+    let _ = import::import_http(&src, &target, Progress::none()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_importer_leaves_no_daemon() {
+    let case = Case::new("killed");
+    let behaviour = Behaviour {
+        stall_after: Some(DISK as usize / 2),
+        ..Default::default()
+    };
+    let server = Server::start(&case.images.dir, behaviour, None).await;
+    let target = case.target(VolumeFormat::Qcow2);
+    let socket = case.pool.join("disk.nbd");
+    let mut importer = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "import_until_killed", "--ignored", "--nocapture"])
+        .env("VMO_IMPORT_HELPER_URL", server.url("disk.raw"))
+        .env("VMO_IMPORT_HELPER_TARGET", &target.path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon_running = || {
+        Command::new("pgrep")
+            .args(["-f", &socket.to_string_lossy()])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(socket.exists() && daemon_running()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    importer.kill().unwrap();
+    importer.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while daemon_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "qemu-storage-daemon outlived the killed importer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad images
 

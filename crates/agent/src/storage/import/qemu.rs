@@ -308,6 +308,33 @@ pub(crate) async fn convert(
     })
 }
 
+/// `qemu-storage-daemon`, under `setpriv --pdeathsig KILL` where util-linux has it: dropping the
+/// handle kills the daemon, but an agent that is killed itself drops nothing, and the daemon would
+/// live on holding a deleted partial file (it does not stop when its monitor's input closes).
+/// The signal comes when the thread that started it ends: a runtime thread, which lives as long
+/// as the agent.
+async fn daemon_command() -> Command {
+    static SETPRIV: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
+    let setpriv = *SETPRIV
+        .get_or_init(|| async {
+            Command::new("setpriv")
+                .args(["--pdeathsig", "KILL", "--", "true"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .is_ok_and(|s| s.success())
+        })
+        .await;
+    if setpriv {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--", "qemu-storage-daemon"]);
+        cmd
+    } else {
+        Command::new("qemu-storage-daemon")
+    }
+}
+
 /// A `qemu-storage-daemon` exporting one qcow2 volume file over NBD on a unix socket.
 pub(crate) struct Daemon {
     child: Child,
@@ -361,7 +388,8 @@ impl Daemon {
         let export = json!({"type": "nbd", "id": "export0", "node-name": "vol0", "name": EXPORT, "writable": true});
         // Options take effect in order: the monitor comes last, so its greeting means that the
         // export is served.
-        let mut child = Command::new("qemu-storage-daemon")
+        let mut child = daemon_command()
+            .await
             .arg("--blockdev")
             .arg(file.to_string())
             .arg("--blockdev")
