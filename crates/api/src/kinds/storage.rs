@@ -542,7 +542,10 @@ pub fn validate_claim_spec(spec: &ClaimSpec, path: &str, size_required: bool) ->
                 errors.push(FieldError::not_supported(
                     format!("{path}.{field}.kind"),
                     &r.kind,
-                    &["PersistentVolumeClaim", "VolumeSnapshot (apiGroup snapshot.storage.k8s.io)"],
+                    &[
+                        "PersistentVolumeClaim",
+                        "VolumeSnapshot (apiGroup snapshot.storage.k8s.io)",
+                    ],
                 ));
             }
             if r.name.is_empty() {
