@@ -75,6 +75,32 @@ impl Runner {
         }
     }
 
+    /// A moving claim that has VolumeSnapshots (asked of the API: a snapshot just taken may not
+    /// be in the file's header on disk yet), with how many.
+    async fn snapshotted_claim(
+        &self,
+        vmi: &Object,
+        claims: &[LocalClaim],
+    ) -> Option<(String, usize)> {
+        if claims.is_empty() {
+            return None;
+        }
+        let kind = *vmo_api::Registry::builtin().resolve("volumesnapshots")?;
+        let list = self
+            .client
+            .list(&kind, Some(&vmi.metadata.namespace), "")
+            .await
+            .ok()?;
+        claims.iter().find_map(|c| {
+            let count = list
+                .items
+                .iter()
+                .filter(|s| s.spec()["source"]["persistentVolumeClaimName"] == c.claim.as_str())
+                .count();
+            (count > 0).then(|| (c.claim.clone(), count))
+        })
+    }
+
     /// What a migration of `vmi` copies: its claims in a node's local pool, and the QEMU drive ids
     /// of every node-local writable disk (those claims', empty disks', overlays').
     async fn moving_disks(
@@ -132,20 +158,14 @@ impl Runner {
             .and_then(|s| s.guest_memory_bytes().ok())
             .unwrap_or(1 << 30);
         let (claims, mirrors) = self.moving_disks(vmi, spec.as_ref()).await;
-        // Internal snapshots stay behind in the source's file: refuse rather than lose them.
-        for c in &claims {
-            let snapshots = crate::storage::files::info(&c.path)
-                .await
-                .map(|i| i["snapshots"].as_array().map_or(0, Vec::len))
-                .unwrap_or(0);
-            if snapshots > 0 {
-                let why = format!(
-                    "persistentvolumeclaim {:?} in {}'s local pool has {snapshots} volume snapshot(s), which a live migration does not carry; delete them or keep the VM on its node",
-                    c.claim, self.config.node_name
-                );
-                self.report_failure(vmi, &why, false, &why).await;
-                return;
-            }
+        // Volume snapshots stay behind in the source's file: refuse rather than lose them.
+        if let Some((claim, count)) = self.snapshotted_claim(vmi, &claims).await {
+            let why = format!(
+                "persistentvolumeclaim {claim:?} in {}'s local pool has {count} volume snapshot(s), which a live migration does not carry; delete them or keep the VM on its node",
+                self.config.node_name
+            );
+            self.report_failure(vmi, &why, false, &why).await;
+            return;
         }
         let targets = &state
             .extra

@@ -698,16 +698,11 @@ async fn a_vm_on_a_local_disk_migrates_with_its_data() {
         )
         .await
         .unwrap();
-    wait_for("the snapshot to go from the file", WAIT, || async {
-        let info = std::process::Command::new("qemu-img")
-            .args(["info", "-U", "--output=json"])
-            .arg(&source_claim_file)
-            .output()
-            .ok()?;
-        let info: serde_json::Value = serde_json::from_slice(&info.stdout).ok()?;
-        info["snapshots"]
-            .as_array()
-            .is_none_or(|a| a.is_empty())
+    wait_for("the snapshot to be removed", WAIT, || async {
+        client
+            .get(&kind("volumesnapshot"), "default", "before-move")
+            .await
+            .is_err()
             .then_some(())
     })
     .await;

@@ -119,7 +119,7 @@ pub async fn run(ctx: &Context, args: ApplyArgs) -> anyhow::Result<()> {
             String::new()
         };
         let before = match client.get(&kind, &ns, &name).await {
-            Ok(o) => Some(o.metadata.resource_version),
+            Ok(o) => Some(o),
             Err(e) if e.is_not_found() => None,
             Err(e) => {
                 eprintln!("error: {source}: {kind_name} {name}: {e}");
@@ -149,7 +149,7 @@ pub async fn run(ctx: &Context, args: ApplyArgs) -> anyhow::Result<()> {
             Ok(applied) => {
                 let verb = match before {
                     None => "created",
-                    Some(rv) if rv == applied.metadata.resource_version => "unchanged",
+                    Some(b) if !changed_by_apply(&b, &applied) => "unchanged",
                     Some(_) => "configured",
                 };
                 let suffix = if args.dry_run {
@@ -169,4 +169,20 @@ pub async fn run(ctx: &Context, args: ApplyArgs) -> anyhow::Result<()> {
         anyhow::bail!("{failures} object(s) could not be applied");
     }
     Ok(())
+}
+
+/// Whether an apply changed the object: a new resourceVersion alone does not say so, since a
+/// controller may have written the status between our read and our apply.
+fn changed_by_apply(before: &vmo_api::Object, after: &vmo_api::Object) -> bool {
+    if before.metadata.resource_version == after.metadata.resource_version {
+        return false;
+    }
+    let content = |o: &vmo_api::Object| {
+        let mut o = o.clone();
+        o.metadata.resource_version.clear();
+        o.metadata.managed_fields.clear();
+        o.body.remove("status");
+        o
+    };
+    content(before) != content(after)
 }
