@@ -859,16 +859,9 @@ async fn a_cancelled_import_leaves_no_file_and_no_process() {
     }
 }
 
-/// Not a test by itself: [`a_killed_importer_leaves_no_daemon`] runs it in a process it kills.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a helper run by a_killed_importer_leaves_no_daemon"]
-async fn import_until_killed() {
-    let (Ok(url), Ok(path)) = (
-        std::env::var("VMO_IMPORT_HELPER_URL"),
-        std::env::var("VMO_IMPORT_HELPER_TARGET"),
-    ) else {
-        return;
-    };
+/// The importer half of [`a_killed_importer_leaves_no_daemon`]: that test runs itself again in a
+/// child process with these variables set, and kills the child mid-import.
+async fn import_until_killed(url: String, path: String) {
     let target = Target {
         path: path.into(),
         format: VolumeFormat::Qcow2,
@@ -883,6 +876,12 @@ async fn import_until_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_importer_leaves_no_daemon() {
+    if let (Ok(url), Ok(path)) = (
+        std::env::var("VMO_IMPORT_HELPER_URL"),
+        std::env::var("VMO_IMPORT_HELPER_TARGET"),
+    ) {
+        return import_until_killed(url, path).await;
+    }
     let case = Case::new("killed");
     let behaviour = Behaviour {
         stall_after: Some(DISK as usize / 2),
@@ -892,7 +891,11 @@ async fn a_killed_importer_leaves_no_daemon() {
     let target = case.target(VolumeFormat::Qcow2);
     let socket = case.pool.join("disk.nbd");
     let mut importer = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "import_until_killed", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "a_killed_importer_leaves_no_daemon",
+            "--nocapture",
+        ])
         .env("VMO_IMPORT_HELPER_URL", server.url("disk.raw"))
         .env("VMO_IMPORT_HELPER_TARGET", &target.path)
         .stdout(std::process::Stdio::null())
