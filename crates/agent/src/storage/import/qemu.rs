@@ -93,21 +93,7 @@ pub(crate) async fn create(
     size: u64,
     dir: &Path,
 ) -> Result<(), ImportError> {
-    let size = size.to_string();
-    let out = qemu_img(args([
-        &"create",
-        &"-q",
-        &"-f",
-        &format.as_str(),
-        &path,
-        &size,
-    ]))
-    .await?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(failed(&out, dir))
-    }
+    sized("create", path, format, size, dir).await
 }
 
 /// Grows a volume file to `size` bytes.
@@ -117,16 +103,19 @@ pub(crate) async fn resize(
     size: u64,
     dir: &Path,
 ) -> Result<(), ImportError> {
+    sized("resize", path, format, size, dir).await
+}
+
+/// `qemu-img VERB -q -f FORMAT PATH SIZE`.
+async fn sized(
+    verb: &str,
+    path: &Path,
+    format: VolumeFormat,
+    size: u64,
+    dir: &Path,
+) -> Result<(), ImportError> {
     let size = size.to_string();
-    let out = qemu_img(args([
-        &"resize",
-        &"-q",
-        &"-f",
-        &format.as_str(),
-        &path,
-        &size,
-    ]))
-    .await?;
+    let out = qemu_img(args([&verb, &"-q", &"-f", &format.as_str(), &path, &size])).await?;
     if out.status.success() {
         Ok(())
     } else {
