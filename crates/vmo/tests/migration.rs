@@ -73,6 +73,21 @@ spec:
     )
 }
 
+/// Applies a VM manifest and waits until its instance runs.
+async fn apply_and_run(cluster: &Cluster, manifest: &str, name: &str) -> Object {
+    let (ok, out, err) = cluster
+        .up
+        .cli_with_input(&["apply", "-f", "-"], Some(manifest));
+    assert!(ok, "{out}{err}");
+    let client = cluster.client();
+    wait_for(&format!("{name} running"), WAIT, || async {
+        vmi(&client, name)
+            .await
+            .filter(|i| i.status()["phase"] == "Running")
+    })
+    .await
+}
+
 async fn vmi(client: &Client, name: &str) -> Option<Object> {
     client
         .get(Registry::builtin().resolve("vmi").unwrap(), "default", name)
@@ -184,17 +199,7 @@ async fn a_dirtying_guest_migrates_round_robin_over_three_nodes() {
     .await;
     let client = cluster.client();
     let pool = cluster.shared_pool.clone();
-    let (ok, out, err) = cluster.up.cli_with_input(
-        &["apply", "-f", "-"],
-        Some(&manifest("mover", &guest, &pool, 16)),
-    );
-    assert!(ok, "{out}{err}");
-    let running = wait_for("mover running", WAIT, || async {
-        vmi(&client, "mover")
-            .await
-            .filter(|i| i.status()["phase"] == "Running")
-    })
-    .await;
+    let running = apply_and_run(&cluster, &manifest("mover", &guest, &pool, 16), "mover").await;
     let uid = running.metadata.uid.clone();
     let mut node = node_of(&running);
     let log = serial_log(&mut cluster, &node, &uid);
@@ -313,14 +318,7 @@ async fn a_dirtying_guest_migrates_between_hosts_with_their_own_addresses() {
             "      volumes:\n",
             "      volumes:\n        - name: scratch\n          emptyDisk:\n            capacity: 16Mi\n",
         );
-    let (ok, out, err) = cluster.up.cli_with_input(&["apply", "-f", "-"], Some(&vm));
-    assert!(ok, "{out}{err}");
-    let running = wait_for("roamer running", WAIT, || async {
-        vmi(&client, "roamer")
-            .await
-            .filter(|i| i.status()["phase"] == "Running")
-    })
-    .await;
+    let running = apply_and_run(&cluster, &vm, "roamer").await;
     let uid = running.metadata.uid.clone();
     let source = node_of(&running);
     let target = if source == "host-a" {
@@ -393,17 +391,7 @@ async fn a_failed_or_cancelled_migration_leaves_the_vm_running_on_its_source() {
         .cli_with_input(&["apply", "-f", "-"], Some(settings));
     assert!(ok, "{out}{err}");
     let pool = cluster.shared_pool.clone();
-    let (ok, out, err) = cluster.up.cli_with_input(
-        &["apply", "-f", "-"],
-        Some(&manifest("stay", &guest, &pool, 4)),
-    );
-    assert!(ok, "{out}{err}");
-    let running = wait_for("stay running", WAIT, || async {
-        vmi(&client, "stay")
-            .await
-            .filter(|i| i.status()["phase"] == "Running")
-    })
-    .await;
+    let running = apply_and_run(&cluster, &manifest("stay", &guest, &pool, 4), "stay").await;
     let uid = running.metadata.uid.clone();
     let source = node_of(&running);
     let target = if source == "node-a" {
@@ -618,16 +606,11 @@ async fn a_vm_on_a_local_disk_migrates_with_its_data() {
     )
     .await;
     let client = cluster.client();
-    let (ok, out, err) = cluster.up.cli_with_input(
-        &["apply", "-f", "-"],
-        Some(&local_disk_manifest("local", &guest, "LiveMigrate", true)),
-    );
-    assert!(ok, "{out}{err}");
-    let running = wait_for("local running", WAIT, || async {
-        vmi(&client, "local")
-            .await
-            .filter(|i| i.status()["phase"] == "Running")
-    })
+    let running = apply_and_run(
+        &cluster,
+        &local_disk_manifest("local", &guest, "LiveMigrate", true),
+        "local",
+    )
     .await;
     let uid = running.metadata.uid.clone();
     let source = node_of(&running);
