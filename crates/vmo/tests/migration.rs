@@ -672,6 +672,19 @@ async fn a_vm_on_a_local_disk_migrates_with_its_data() {
     let still = vmi(&client, "local").await.unwrap();
     assert_eq!(node_of(&still), source);
     assert_eq!(still.status()["phase"], "Running");
+    // Nothing of the refused attempt stays on the other node.
+    let other = if source == "node-a" {
+        "node-b"
+    } else {
+        "node-a"
+    };
+    let other_run_dir = cluster.agent(other).run_dir(&uid);
+    wait_for(
+        "the other node to drop the refused attempt",
+        WAIT,
+        || async { (!other_run_dir.exists()).then_some(()) },
+    )
+    .await;
     client
         .delete(
             &kind("volumesnapshot"),

@@ -25,7 +25,7 @@ const UNLIMITED_BANDWIDTH: u64 = 1 << 40;
 /// Migration failures at the QMP level.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("QEMU refused {command}")]
+    #[error("QEMU refused {command}: {source}")]
     Qmp {
         command: &'static str,
         #[source]
