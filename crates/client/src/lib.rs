@@ -267,15 +267,14 @@ impl Client {
         }
     }
 
-    /// Sends a request and returns the raw response (for streams).
-    pub async fn send(
+    /// A request to the server with this client's credentials and `accept`.
+    fn request_head(
         &self,
         method: Method,
         path_and_query: &str,
-        body: Option<(&str, Vec<u8>)>,
         accept: &str,
-    ) -> Result<http::Response<Incoming>, ClientError> {
-        let mut builder = Request::builder()
+    ) -> http::request::Builder {
+        Request::builder()
             .method(method)
             .uri(path_and_query)
             .header(header::HOST, &self.inner.authority)
@@ -287,7 +286,18 @@ impl Client {
             .header(
                 header::USER_AGENT,
                 concat!("vmo/", env!("CARGO_PKG_VERSION")),
-            );
+            )
+    }
+
+    /// Sends a request and returns the raw response (for streams).
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(&str, Vec<u8>)>,
+        accept: &str,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let mut builder = self.request_head(method, path_and_query, accept);
         let bytes = match body {
             Some((content_type, bytes)) => {
                 builder = builder.header(header::CONTENT_TYPE, content_type);
@@ -335,19 +345,7 @@ impl Client {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path_and_query)
-            .header(header::HOST, &self.inner.authority)
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.inner.token),
-            )
-            .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("vmo/", env!("CARGO_PKG_VERSION")),
-            );
+        let mut builder = self.request_head(method, path_and_query, "application/json");
         for (name, value) in headers {
             builder = builder.header(*name, value);
         }
