@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod host;
 pub mod metrics;
 mod migration;
+pub mod net;
 mod node;
 pub mod qmp;
 pub mod runner;
@@ -50,6 +51,8 @@ pub struct AgentConfig {
     pub shared_pool: Option<PathBuf>,
     /// Where volumes of node-local classes live.
     pub local_pool: PathBuf,
+    /// How the default network runs (`--pod-network`).
+    pub pod_network: net::PodNetworkChoice,
 }
 
 /// The accelerator setting: `auto` boot-probes KVM and falls back to TCG.
@@ -76,6 +79,7 @@ impl AgentConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             shared_pool: None,
             local_pool: data_dir.join("pool"),
+            pod_network: net::PodNetworkChoice::Auto,
         }
     }
 }
@@ -187,12 +191,27 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         cpus: facts.cpus,
         memory_bytes: facts.memory_bytes,
     });
-    let reporter = node::Reporter::new(client.clone(), config.clone(), facts, accel, advertised);
+    let network = net::Network::detect(
+        config.pod_network,
+        &config.node_name,
+        config.data_dir.clone(),
+        facts.internal_ip.as_deref(),
+    )
+    .await;
+    let reporter = node::Reporter::new(
+        client.clone(),
+        config.clone(),
+        facts,
+        accel,
+        advertised,
+        &network,
+    );
     tokio::join!(
         reporter.run(),
         storage::provision::run(client.clone(), config.clone(), vms.clone()),
         storage::snapshot::run(client.clone(), config.clone(), vms.clone()),
-        runner::run(client, config, accel, vms, host),
+        net::peers::run(client.clone(), network.clone(), config.node_name.clone()),
+        runner::run(client, config, accel, vms, host, network),
         endpoint.serve(listener, server_tls),
     );
     Ok(())

@@ -536,7 +536,7 @@ impl Runner {
             .await;
             return None;
         }
-        let plan = match self.plan(vmi, run_dir, true).await {
+        let plan = match self.plan(vmi, run_dir, true, None).await {
             Ok(p) => p,
             Err(e) => {
                 failed(format!("target {}: {e}", self.config.node_name)).await;
@@ -614,6 +614,9 @@ impl Runner {
     }
 
     async fn discard_dir(&self, run_dir: &Path) {
+        if let Some(uid) = run_dir.file_name().and_then(|n| n.to_str()) {
+            self.network.detach(uid, run_dir).await;
+        }
         let run_dir = run_dir.to_path_buf();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(run_dir)).await;
     }

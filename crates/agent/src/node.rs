@@ -9,6 +9,7 @@ use vmo_api::kinds::core::{
     AGENT_CERT_ANNOTATION, AGENT_ENDPOINT_ANNOTATION, MACHINE_POOL_LABEL, SHARED_POOL_ANNOTATION,
     ZONE_LABEL,
 };
+use vmo_api::kinds::network::{POD_NETWORK_ANNOTATION, VLAN_DATAPATH_ANNOTATION};
 use vmo_api::meta::{now_rfc3339, now_rfc3339_micros};
 use vmo_api::{KindInfo, Object, Registry};
 use vmo_client::{Client, ClientError};
@@ -32,6 +33,8 @@ pub(crate) struct Reporter {
     lease_kind: KindInfo,
     accel: crate::vm::plan::Accel,
     endpoint: AdvertisedEndpoint,
+    /// The default network's and the VLAN networks' datapaths.
+    datapaths: (&'static str, &'static str),
 }
 
 impl Reporter {
@@ -41,6 +44,7 @@ impl Reporter {
         facts: HostFacts,
         accel: crate::vm::plan::Accel,
         endpoint: AdvertisedEndpoint,
+        network: &crate::net::Network,
     ) -> Self {
         let registry = Registry::builtin();
         Self {
@@ -51,6 +55,13 @@ impl Reporter {
             lease_kind: *registry.resolve("leases").expect("leases are registered"),
             accel,
             endpoint,
+            datapaths: (
+                match network.pod_mode {
+                    crate::net::PodMode::Bridge => "bridge",
+                    crate::net::PodMode::User => "user",
+                },
+                network.vlan_datapath.name(),
+            ),
         }
     }
 
@@ -60,6 +71,8 @@ impl Reporter {
         let mut annotations = json!({
             AGENT_ENDPOINT_ANNOTATION: self.endpoint.url,
             AGENT_CERT_ANNOTATION: self.endpoint.fingerprint,
+            POD_NETWORK_ANNOTATION: self.datapaths.0,
+            VLAN_DATAPATH_ANNOTATION: self.datapaths.1,
         });
         match &self.config.shared_pool {
             Some(pool) => annotations[SHARED_POOL_ANNOTATION] = json!(pool.display().to_string()),

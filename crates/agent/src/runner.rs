@@ -15,6 +15,7 @@
 //! and the new agent adopts it from its run directory.
 
 use crate::console::SerialHub;
+use crate::net::nics::AttachError;
 use crate::vm::disks::{self, Identity, Secrets};
 use crate::vm::plan::{memory_mib, Accel, Firmware, LaunchPlan, PlanError};
 use crate::vm::process::{self, QemuProcess};
@@ -192,6 +193,7 @@ pub(crate) struct Runner {
     pub(crate) vmi_kind: KindInfo,
     secret_kind: KindInfo,
     pub(crate) storage: crate::storage::Kinds,
+    pub(crate) network: Arc<crate::net::Network>,
     vms: Vms,
     /// The address other nodes' QEMUs reach this node's on, for incoming migrations.
     pub(crate) migration_host: String,
@@ -207,6 +209,7 @@ pub async fn run(
     accel: Accel,
     vms: Vms,
     migration_host: String,
+    network: Arc<crate::net::Network>,
 ) {
     let registry = Registry::builtin();
     let runner = Arc::new(Runner {
@@ -215,6 +218,7 @@ pub async fn run(
         vmi_kind: *registry.resolve("vmi").expect("vmis are registered"),
         secret_kind: *registry.resolve("secrets").expect("secrets are registered"),
         storage: crate::storage::Kinds::new(),
+        network,
         config,
         accel,
         vms,
@@ -322,19 +326,6 @@ fn grace(vmi: &Object) -> Duration {
         .unwrap_or(DEFAULT_GRACE)
 }
 
-/// A stable, locally administered MAC address for interface `index` of instance `uid`.
-pub fn mac_for(uid: &str, index: usize) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in uid.bytes().chain([index as u8]) {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    let b = h.to_be_bytes();
-    format!(
-        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        b[0], b[1], b[2], b[3], b[4]
-    )
-}
-
 impl Runner {
     pub(crate) fn run_dir(&self, vmi: &Object) -> PathBuf {
         self.config.data_dir.join("vms").join(&vmi.metadata.uid)
@@ -405,6 +396,7 @@ impl Runner {
     async fn finish_deletion(&self, vmi: &Object) {
         // Disk images can be large: removing them must not hold up an async worker.
         let run_dir = self.run_dir(vmi);
+        self.network.detach(&vmi.metadata.uid, &run_dir).await;
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(run_dir)).await;
         let finalizers: Vec<String> = vmi
             .metadata
@@ -440,10 +432,10 @@ impl Runner {
 
     /// Shows why the instance waits for its volumes (once per distinct reason), as KubeVirt's
     /// Ready condition does; the VM's printableStatus follows the reason.
-    async fn note_waiting(&self, vmi: &Object, why: &crate::storage::claims::NotReady) {
+    async fn note_waiting(&self, vmi: &Object, reason: &str, message: &str) {
         let shown = vmi.status()["conditions"].as_array().is_some_and(|cs| {
             cs.iter()
-                .any(|c| c["type"] == "Ready" && c["message"] == why.message.as_str())
+                .any(|c| c["type"] == "Ready" && c["message"] == message)
         });
         if shown {
             return;
@@ -457,15 +449,13 @@ impl Runner {
                     .collect()
             })
             .unwrap_or_default();
-        conditions.push(
-            json!({"type": "Ready", "status": "False", "reason": why.reason,
-                               "message": why.message}),
-        );
+        conditions.push(json!({"type": "Ready", "status": "False", "reason": reason,
+                               "message": message}));
         let _ = self
             .set_status(vmi, json!({"conditions": conditions}))
             .await;
         self.events
-            .record(vmi, EventType::Normal, why.reason, &why.message)
+            .record(vmi, EventType::Normal, reason, message)
             .await;
     }
 
@@ -499,6 +489,7 @@ impl Runner {
         vmi: &Object,
         run_dir: &Path,
         incoming: bool,
+        nics: Option<Vec<crate::net::nics::NicPlan>>,
     ) -> Result<LaunchPlan, PlanError> {
         let spec: VmiSpec =
             vmo_api::kinds::kubevirt::decode_at(vmi.spec(), "spec").map_err(|e| PlanError {
@@ -569,23 +560,20 @@ impl Runner {
                     k.kernel_args.clone().unwrap_or_default(),
                 ))
             });
-        let nat_nics = spec
-            .domain
-            .devices
-            .interfaces
-            .iter()
-            .enumerate()
-            .filter(|(_, nic)| {
-                spec.networks
-                    .iter()
-                    .any(|n| n.name == nic.name && n.pod.is_some())
-            })
-            .map(|(i, nic)| {
-                nic.mac_address
-                    .clone()
-                    .unwrap_or_else(|| mac_for(&vmi.metadata.uid, i))
-            })
-            .collect();
+        let nics = match nics {
+            Some(n) => n,
+            None => self
+                .network
+                .attach(&self.client, vmi, &spec, run_dir)
+                .await
+                .map_err(|e| match e {
+                    AttachError::Wait { message, .. } => PlanError {
+                        field: "spec.networks".into(),
+                        why: message,
+                    },
+                    AttachError::Refused { field, why } => PlanError { field, why },
+                })?,
+        };
         let (qmp_socket, serial_socket, vnc_socket, pidfile, _) = process::run_files(run_dir);
         Ok(LaunchPlan {
             name: format!("{}_{}", vmi.metadata.namespace, vmi.metadata.name),
@@ -599,7 +587,7 @@ impl Runner {
             firmware,
             kernel,
             disks,
-            nat_nics,
+            nics,
             qmp_socket,
             serial_socket,
             vnc_socket,
@@ -680,15 +668,33 @@ impl Runner {
                     self.fail(&vmi, "RunDirectory", &e.to_string()).await;
                     return None;
                 }
+                let mut nics = None;
                 if let Ok(spec) = vmo_api::kinds::kubevirt::decode_at::<VmiSpec>(vmi.spec(), "spec")
                 {
                     if let Err(why) = self.claimed_disks(&vmi, &spec, false).await {
-                        self.note_waiting(&vmi, &why).await;
+                        self.note_waiting(&vmi, why.reason, &why.message).await;
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         return None;
                     }
+                    match self
+                        .network
+                        .attach(&self.client, &vmi, &spec, &run_dir)
+                        .await
+                    {
+                        Ok(n) => nics = Some(n),
+                        Err(AttachError::Wait { reason, message }) => {
+                            self.note_waiting(&vmi, &reason, &message).await;
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            return None;
+                        }
+                        Err(AttachError::Refused { field, why }) => {
+                            self.fail(&vmi, "InvalidNetwork", &format!("{field}: {why}"))
+                                .await;
+                            return None;
+                        }
+                    }
                 }
-                let plan = match self.plan(&vmi, &run_dir, false).await {
+                let plan = match self.plan(&vmi, &run_dir, false, nics).await {
                     Ok(p) => p,
                     Err(e) => {
                         self.fail(&vmi, "InvalidSpec", &e.to_string()).await;
@@ -749,15 +755,10 @@ impl Runner {
             relay,
         };
         let paused = matches!(qemu.qmp.status().await.as_deref(), Ok("paused"));
-        let interfaces: Vec<Value> = vmi.spec()["domain"]["devices"]["interfaces"]
-            .as_array()
-            .map(|nics| {
-                nics.iter()
-                    .enumerate()
-                    .map(|(i, n)| json!({"name": n["name"], "mac": n["macAddress"].as_str().map(str::to_string).unwrap_or_else(|| mac_for(&vmi.metadata.uid, i))}))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let interfaces: Vec<Value> =
+            vmo_api::kinds::kubevirt::decode_at::<VmiSpec>(vmi.spec(), "spec")
+                .map(|spec| self.network.interfaces_status(&vmi, &spec, &run_dir))
+                .unwrap_or_default();
         let running = json!({
             "phase": "Running",
             "nodeName": self.config.node_name,
@@ -882,6 +883,7 @@ impl Runner {
         }
         if migrated_away {
             // The guest runs on the target now, which holds the instance (and its finalizer).
+            self.network.detach(&vmi.metadata.uid, &run_dir).await;
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(run_dir)).await;
             tracing::info!(vmi = %name, "instance migrated away");
             return;

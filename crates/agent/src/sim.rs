@@ -14,7 +14,8 @@
 //! does with an instance is decided by [`next_step`], a pure function, where migration handling
 //! will go.
 
-use crate::runner::{mac_for, AGENT_FINALIZER};
+use crate::net::mac_of;
+use crate::runner::AGENT_FINALIZER;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -607,12 +608,12 @@ impl Sim {
                     .as_array()
                     .map(|nics| {
                         nics.iter()
-                            .enumerate()
-                            .map(|(i, n)| {
-                                let mac = n["macAddress"]
-                                    .as_str()
-                                    .map(str::to_string)
-                                    .unwrap_or_else(|| mac_for(&vmi.metadata.uid, i));
+                            .map(|n| {
+                                let mac = mac_of(
+                                    vmi,
+                                    n["name"].as_str().unwrap_or(""),
+                                    n["macAddress"].as_str(),
+                                );
                                 json!({"name": n["name"], "mac": mac})
                             })
                             .collect()

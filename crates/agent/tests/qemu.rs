@@ -59,7 +59,12 @@ fn plan_for(spec: &VmiSpec, run_dir: &Path, name: &str, uuid: &str) -> LaunchPla
         firmware: Firmware::Bios,
         kernel,
         disks,
-        nat_nics: vec!["02:00:00:aa:00:01".into()],
+        nics: vec![vmo_agent::vm::plan::NicPlan {
+            name: "default".into(),
+            mac: "02:00:00:aa:00:01".into(),
+            device: "virtio-net-pci".into(),
+            backend: vmo_agent::vm::plan::NicBackend::User,
+        }],
         qmp_socket,
         serial_socket,
         vnc_socket,

@@ -3,6 +3,7 @@
 //! `service` holds the resource semantics, `watch` the event streams, `server` the HTTP front,
 //! `discovery` and `openapi` what kubectl reads to learn the kinds, `pki` and `auth` who may talk.
 
+mod admission;
 pub mod agent_proxy;
 pub mod auth;
 pub mod console;

@@ -481,6 +481,7 @@ impl ResourceService {
             Self::validate(kind, &mut candidate, None)?;
             self.check_namespace_usable(kind, &candidate.metadata.namespace)
                 .await?;
+            self.admit(kind, &candidate).await?;
             candidate.metadata.uid = new_uid()?;
             candidate.metadata.creation_timestamp = Some(now_rfc3339());
             candidate.metadata.generation = 1;
@@ -624,6 +625,9 @@ impl ResourceService {
             }
         }
         Self::validate(kind, &mut new, Some(&old))?;
+        if spec_part(&new) != spec_part(&old) {
+            self.admit(kind, &new).await?;
+        }
         new.metadata.generation = if spec_part(&new) != spec_part(&old) {
             old.metadata.generation + 1
         } else {

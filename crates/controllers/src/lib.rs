@@ -1,13 +1,14 @@
 //! Controllers that run inside the server process and act only through the API, like any client:
 //! the garbage collector (ownerReference cascades), the namespace controller, the node lifecycle
 //! controller, the VirtualMachine controller, the VM scheduler, the migration controller, the storage
-//! controller and the snapshot controller (VM snapshots, restores, clones). Later capabilities
-//! (networks) add their reconcilers here.
+//! controller and the snapshot controller (VM snapshots, restores, clones) and the
+//! network controllers.
 
 pub mod garbage_collector;
 pub mod migration;
 pub use vmo_client::informer;
 pub mod namespace;
+pub mod network;
 pub mod node_lifecycle;
 pub mod scheduler;
 pub mod snapshot;
@@ -49,6 +50,7 @@ pub fn start_all(client: Client, settings: ControllerSettings) -> Vec<tokio::tas
         tokio::spawn(migration::run(client.clone(), registry.clone())),
         tokio::spawn(storage::run(client.clone(), registry.clone())),
         tokio::spawn(snapshot::run(client.clone(), registry.clone())),
+        tokio::spawn(network::run(client.clone(), registry.clone())),
         tokio::spawn(scheduler::run(client, registry)),
     ]
 }

@@ -148,7 +148,14 @@ impl Cluster {
                 child: None,
                 binary: binary.to_path_buf(),
                 kubeconfig: up.kubeconfig.clone(),
-                extra: vec!["--shared-pool".into(), shared_pool.display().to_string()],
+                // Hosts of their own get the node-bridge default network; agents sharing one
+                // host's namespace use QEMU's user-mode NAT (see `VmoProcess::start_listening`).
+                extra: vec![
+                    "--shared-pool".into(),
+                    shared_pool.display().to_string(),
+                    "--pod-network".into(),
+                    if network.is_some() { "bridge" } else { "user" }.into(),
+                ],
             };
             agent.spawn();
             agents.push(agent);

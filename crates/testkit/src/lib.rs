@@ -233,10 +233,18 @@ impl VmoProcess {
             .append(true)
             .open(&log)
             .expect("log file");
+        // Tests share the host's network namespace: VMs' default network is QEMU's user-mode
+        // NAT unless a test asks otherwise (a node bridge per test would fight over the pod CIDR).
+        let pod_network: &[&str] = if extra.contains(&"--pod-network") {
+            &[]
+        } else {
+            &["--pod-network", "user"]
+        };
         let child = Command::new(binary)
             .args(["up", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .args(pod_network)
             .env("VMO_LOG", "info")
             .stdout(Stdio::from(out.try_clone().expect("log")))
             .stderr(Stdio::from(out))

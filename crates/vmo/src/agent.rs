@@ -37,6 +37,11 @@ pub struct NodeArgs {
     /// data directory).
     #[arg(long)]
     pub local_pool: Option<PathBuf>,
+    /// How VMs' default network runs: `bridge` (a node bridge with NAT, addresses from the
+    /// node's share of the pod CIDR by DHCP; needs root), `user` (QEMU's user-mode NAT), or
+    /// `auto` (bridge when the agent may change links).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bridge", "user"])]
+    pub pod_network: String,
 }
 
 impl NodeArgs {
@@ -56,6 +61,11 @@ impl NodeArgs {
             config.local_pool = pool.clone();
         }
         config.lease_duration = (self.heartbeat_interval * 4).max(Duration::from_secs(1));
+        config.pod_network = match self.pod_network.as_str() {
+            "bridge" => vmo_agent::net::PodNetworkChoice::Bridge,
+            "user" => vmo_agent::net::PodNetworkChoice::User,
+            _ => vmo_agent::net::PodNetworkChoice::Auto,
+        };
         config.accel = match self.accel.as_str() {
             "kvm" => vmo_agent::AccelChoice::Kvm,
             "tcg" => vmo_agent::AccelChoice::Tcg,

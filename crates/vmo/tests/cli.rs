@@ -204,7 +204,14 @@ async fn up_refuses_a_second_instance_stops_cleanly_and_keeps_data() {
     ]));
     // A second `vmo up` on the same data directory refuses clearly.
     let second = Command::new(vmo())
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--pod-network",
+            "user",
+            "--data-dir",
+        ])
         .arg(&data)
         .output()
         .unwrap();

@@ -5,6 +5,7 @@
 //! cdroms on the q35 AHCI controller, scsi ones on one virtio-scsi controller; `bootOrder` becomes
 //! QEMU's `bootindex`. QEMU itself listens on unix sockets for QMP, the serial console and VNC.
 
+pub use crate::net::nics::{NicBackend, NicPlan};
 use std::path::PathBuf;
 use vmo_api::kinds::kubevirt::{Disk, VmiSpec};
 
@@ -62,8 +63,8 @@ pub struct LaunchPlan {
     /// Direct kernel boot: kernel, initrd, command line.
     pub kernel: Option<(PathBuf, Option<PathBuf>, String)>,
     pub disks: Vec<DiskPlan>,
-    /// MAC addresses of user-mode (NAT) NICs, in order.
-    pub nat_nics: Vec<String>,
+    /// NICs, in the spec's order (the guest sees them in this order).
+    pub nics: Vec<NicPlan>,
     pub qmp_socket: PathBuf,
     pub serial_socket: PathBuf,
     pub vnc_socket: PathBuf,
@@ -270,11 +271,18 @@ impl LaunchPlan {
             }
             push(&["-device", &device]);
         }
-        for (i, mac) in self.nat_nics.iter().enumerate() {
-            push(&["-netdev", &format!("user,id=net{i}")]);
+        for nic in &self.nics {
+            let id = &nic.name;
+            let netdev = match &nic.backend {
+                NicBackend::User => format!("user,id=net-{id}"),
+                NicBackend::Tap(tap) => {
+                    format!("tap,id=net-{id},ifname={tap},script=no,downscript=no")
+                }
+            };
+            push(&["-netdev", &netdev]);
             push(&[
                 "-device",
-                &format!("virtio-net-pci,netdev=net{i},mac={mac},id=nic{i}"),
+                &format!("{},netdev=net-{id},mac={},id=nic-{id}", nic.device, nic.mac),
             ]);
         }
         a
@@ -319,7 +327,20 @@ mod tests {
             firmware: Firmware::Bios,
             kernel: None,
             disks,
-            nat_nics: vec!["02:00:00:00:00:01".into()],
+            nics: vec![
+                NicPlan {
+                    name: "default".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    device: "virtio-net-pci".into(),
+                    backend: NicBackend::User,
+                },
+                NicPlan {
+                    name: "vlan30".into(),
+                    mac: "02:00:00:00:00:02".into(),
+                    device: "e1000".into(),
+                    backend: NicBackend::Tap("vt1234abcdef1".into()),
+                },
+            ],
             qmp_socket: "/run/vm/qmp.sock".into(),
             serial_socket: "/run/vm/serial.sock".into(),
             vnc_socket: "/run/vm/vnc.sock".into(),
@@ -392,7 +413,14 @@ mod tests {
         assert!(args.contains("readonly=on,media=cdrom"));
         assert!(args.contains("-smp 2,sockets=1,cores=2,threads=1"));
         assert!(args.contains("-accel tcg"));
-        assert!(args.contains("virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01"));
+        assert!(args.contains("-netdev user,id=net-default"));
+        assert!(
+            args.contains("virtio-net-pci,netdev=net-default,mac=02:00:00:00:00:01,id=nic-default")
+        );
+        assert!(
+            args.contains("-netdev tap,id=net-vlan30,ifname=vt1234abcdef1,script=no,downscript=no")
+        );
+        assert!(args.contains("e1000,netdev=net-vlan30,mac=02:00:00:00:00:02,id=nic-vlan30"));
         assert!(args.contains("-qmp unix:/run/vm/qmp.sock,server=on,wait=off"));
     }
 

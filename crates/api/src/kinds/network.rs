@@ -19,6 +19,12 @@ use std::net::Ipv4Addr;
 pub const PUBLISHED_TO_ANNOTATION: &str = "vmo.io/published-to";
 /// CNI plugin types vmo runs for attachments.
 pub const CNI_TYPES: &[&str] = &["bridge", "cnv-bridge"];
+/// On a Node: how its agent runs the default network, `bridge` (a node bridge with NAT and DHCP
+/// from the node's `spec.podCIDR`) or `user` (QEMU's user-mode NAT, for agents without root).
+pub const POD_NETWORK_ANNOTATION: &str = "vmo.io/pod-network";
+/// On a Node: the VLAN datapath its agent chose, `vlan-aware-bridge` or `bridge-per-vlan`, or
+/// `none` when it cannot run VLAN networks (no root).
+pub const VLAN_DATAPATH_ANNOTATION: &str = "vmo.io/vlan-datapath";
 
 pub(super) fn kinds() -> Vec<KindInfo> {
     vec![KindInfo {
@@ -73,6 +79,52 @@ impl BridgeConfig {
             .ok_or("spec.config must be a JSON string")?;
         serde_json::from_str(text).map_err(|e| format!("not a JSON CNI config: {e}"))
     }
+}
+
+/// What a NIC joins through an attachment that a VM may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The VLAN (0: untagged).
+    pub vlan: u16,
+    pub mtu: Option<u32>,
+    pub macspoofchk: bool,
+}
+
+/// What attachment `nad` gives a VM in `namespace` under the cluster's `settings`, or why the VM
+/// may not use it (for a status condition or an admission error).
+pub fn admit_attachment(
+    nad: &Object,
+    namespace: &str,
+    settings: &NetworkSettings,
+) -> Result<Attachment, String> {
+    let name = format!("{}/{}", nad.metadata.namespace, nad.metadata.name);
+    if !usable_from(nad, namespace) {
+        return Err(format!(
+            "the attachment {name} is not published to namespace {namespace} (annotation {PUBLISHED_TO_ANNOTATION})"
+        ));
+    }
+    let config = BridgeConfig::of(nad).map_err(|why| format!("the attachment {name}: {why}"))?;
+    let vlan = config.vlan.unwrap_or(0);
+    let vlan = u16::try_from(vlan)
+        .ok()
+        .filter(|v| *v <= 4094)
+        .ok_or_else(|| format!("the attachment {name} has VLAN {vlan}, outside 0-4094"))?;
+    if vlan != 0 {
+        if let Some(filtering) = &settings.vlan_filtering {
+            let allowed = filtering.allowed();
+            if !allowed.contains(vlan) {
+                let shown = filtering.allowed_vlans.as_deref().unwrap_or("none");
+                return Err(format!(
+                    "the attachment {name} puts the NIC on VLAN {vlan}, outside the VLANs VMs may use ({shown}, ClusterSettings spec.network.vlanFiltering.allowedVlans)"
+                ));
+            }
+        }
+    }
+    Ok(Attachment {
+        vlan,
+        mtu: config.mtu.and_then(|m| u32::try_from(m).ok()),
+        macspoofchk: config.macspoofchk.unwrap_or(false),
+    })
 }
 
 /// True when a VM in `namespace` may use the attachment `o`.
@@ -255,10 +307,35 @@ pub struct NetworkSettings {
         rename = "serviceClusterIpRange"
     )]
     pub service_cidr: Option<String>,
+    /// The size of each node's share of the pod CIDR (`spec.podCIDR` of a Node; default /24).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "nodeCIDRMaskSize"
+    )]
+    pub node_cidr_mask_size: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan_filtering: Option<VlanFiltering>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// The default size of a node's share of the pod CIDR.
+pub const DEFAULT_NODE_CIDR_MASK_SIZE: u8 = 24;
+
+impl NetworkSettings {
+    /// The pod CIDR (the default when unset or unreadable; validation refuses unreadable ones).
+    pub fn pod_cidr(&self) -> Cidr {
+        self.pod_cidr
+            .as_deref()
+            .and_then(|t| Cidr::parse(t).ok())
+            .unwrap_or_else(|| Cidr::parse(DEFAULT_POD_CIDR).expect("the default parses"))
+    }
+    /// The prefix length of each node's share of the pod CIDR.
+    pub fn node_cidr_mask_size(&self) -> u8 {
+        self.node_cidr_mask_size
+            .unwrap_or(DEFAULT_NODE_CIDR_MASK_SIZE)
+    }
 }
 
 /// The reference architecture's pod CIDR.
@@ -267,7 +344,7 @@ pub const DEFAULT_POD_CIDR: &str = "100.64.0.0/18";
 pub const DEFAULT_SERVICE_CIDR: &str = "100.64.64.0/18";
 
 /// An IPv4 network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
     pub network: Ipv4Addr,
     pub prefix: u8,
@@ -297,12 +374,45 @@ impl Cidr {
         Ok(cidr)
     }
 
-    fn mask(&self) -> u32 {
+    /// The netmask as a number.
+    pub fn mask(&self) -> u32 {
         if self.prefix == 0 {
             0
         } else {
             u32::MAX << (32 - self.prefix)
         }
+    }
+
+    /// True when `addr` is in this network.
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & self.mask() == u32::from(self.network)
+    }
+
+    /// The `index`th subnet of prefix length `prefix` inside this network, if there is one.
+    pub fn subnet(&self, prefix: u8, index: u32) -> Option<Cidr> {
+        if prefix < self.prefix || prefix > 30 {
+            return None;
+        }
+        let count = 1u64 << (prefix - self.prefix);
+        if u64::from(index) >= count {
+            return None;
+        }
+        let step = 1u32 << (32 - prefix);
+        Some(Cidr {
+            network: Ipv4Addr::from(u32::from(self.network) + index * step),
+            prefix,
+        })
+    }
+
+    /// The `n`th address of the network (0 is the network address itself).
+    pub fn host(&self, n: u32) -> Option<Ipv4Addr> {
+        let size = 1u64 << (32 - self.prefix);
+        (u64::from(n) < size).then(|| Ipv4Addr::from(u32::from(self.network) + n))
+    }
+
+    /// The number of addresses in the network.
+    pub fn size(&self) -> u64 {
+        1u64 << (32 - self.prefix)
     }
 
     /// True when the two networks share an address.
@@ -343,6 +453,15 @@ pub fn validate_network_settings(n: &NetworkSettings, path: &str) -> Vec<FieldEr
                 format!("{path}.podCIDR"),
                 p.to_string(),
                 format!("overlaps the service range {s}"),
+            ));
+        }
+    }
+    if let (Some(size), Some(p)) = (n.node_cidr_mask_size, pods) {
+        if size < p.prefix || size > 28 {
+            errors.push(FieldError::invalid(
+                format!("{path}.nodeCIDRMaskSize"),
+                size.to_string(),
+                format!("a node's share must be a prefix of {}-28", p.prefix),
             ));
         }
     }

@@ -245,7 +245,7 @@ async fn bare_qemu(
                 KERNEL_ARGS.into(),
             )),
             disks: vec![],
-            nat_nics: vec![],
+            nics: vec![],
             qmp_socket,
             serial_socket,
             vnc_socket,
