@@ -2,8 +2,9 @@
 //! dashboards and alerts work: per-VM CPU time and resident memory from `/proc` of the QEMU
 //! process, block traffic and operations from QMP `query-blockstats`; plus the node's own figures.
 //!
-//! Network series (`kubevirt_vmi_network_*`) need per-NIC counters: NICs on QEMU's user-mode NAT
-//! have none that QEMU exposes, so they come with tap-backed NICs (the networking work).
+//! Network series (`kubevirt_vmi_network_*`) come from the counters of each NIC's tap (the guest's
+//! receive is the tap's transmit); NICs on QEMU's user-mode NAT have no counters QEMU exposes and
+//! get no network series.
 
 use crate::runner::{VmHandle, Vms};
 use serde_json::Value;
@@ -95,6 +96,66 @@ async fn vm_samples(node: &str, vm: &VmHandle, out: &mut Families) {
             &labels,
             rss as f64,
         );
+    }
+    for (interface, tap) in &vm.taps {
+        let labels = [
+            labels[0],
+            labels[1],
+            labels[2],
+            ("interface", interface.as_str()),
+        ];
+        let counter = |field: &str| {
+            std::fs::read_to_string(format!("/sys/class/net/{tap}/statistics/{field}"))
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        let series: [(&'static str, &'static str, &str); 8] = [
+            (
+                "kubevirt_vmi_network_receive_bytes_total",
+                "Bytes the VM received on the interface.",
+                "tx_bytes",
+            ),
+            (
+                "kubevirt_vmi_network_transmit_bytes_total",
+                "Bytes the VM sent on the interface.",
+                "rx_bytes",
+            ),
+            (
+                "kubevirt_vmi_network_receive_packets_total",
+                "Packets the VM received on the interface.",
+                "tx_packets",
+            ),
+            (
+                "kubevirt_vmi_network_transmit_packets_total",
+                "Packets the VM sent on the interface.",
+                "rx_packets",
+            ),
+            (
+                "kubevirt_vmi_network_receive_errors_total",
+                "Receive errors on the interface.",
+                "tx_errors",
+            ),
+            (
+                "kubevirt_vmi_network_transmit_errors_total",
+                "Transmit errors on the interface.",
+                "rx_errors",
+            ),
+            (
+                "kubevirt_vmi_network_receive_packets_dropped_total",
+                "Packets dropped on their way to the VM.",
+                "tx_dropped",
+            ),
+            (
+                "kubevirt_vmi_network_transmit_packets_dropped_total",
+                "Packets from the VM that were dropped.",
+                "rx_dropped",
+            ),
+        ];
+        for (name, help, field) in series {
+            if let Some(value) = counter(field) {
+                out.add(name, "counter", help, &labels, value);
+            }
+        }
     }
     let stats = vm.block_stats().await.unwrap_or(Value::Null);
     for dev in stats.as_array().into_iter().flatten() {

@@ -43,6 +43,8 @@ pub(crate) enum Command {
     },
     /// The desired paused state (from the `vmo.io/paused` annotation); repeated, idempotent.
     Pause(bool),
+    /// The instance as last seen, for NICs to plug in or out; repeated, idempotent.
+    Nics(Box<Object>),
     /// QEMU's `query-blockstats`, for metrics.
     BlockStats(oneshot::Sender<Value>),
     /// The instance's migration state as last seen; repeated, idempotent.
@@ -77,6 +79,8 @@ pub struct VmHandle {
     pub pid: u32,
     pub run_dir: PathBuf,
     pub serial: Arc<SerialHub>,
+    /// Tap-backed NICs: (interface name, tap), for the network metrics.
+    pub taps: Vec<(String, String)>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -85,6 +89,7 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::Stop { .. } => "Stop",
             Command::Pause(_) => "Pause",
+            Command::Nics(_) => "Nics",
             Command::BlockStats(_) => "BlockStats",
             Command::Migration(_) => "Migration",
             Command::GrowDisk { .. } => "GrowDisk",
@@ -194,7 +199,7 @@ pub(crate) struct Runner {
     secret_kind: KindInfo,
     pub(crate) storage: crate::storage::Kinds,
     pub(crate) network: Arc<crate::net::Network>,
-    vms: Vms,
+    pub(crate) vms: Vms,
     /// The address other nodes' QEMUs reach this node's on, for incoming migrations.
     pub(crate) migration_host: String,
 }
@@ -275,6 +280,7 @@ pub async fn run(
                 }
                 Some((commands, _)) => {
                     let _ = commands.send(Command::Pause(wants_paused(&vmi)));
+                    let _ = commands.send(Command::Nics(Box::new(vmi)));
                 }
                 None if deleting => {
                     // A QEMU may still run for it (say, after an agent restart): the owner task
@@ -331,7 +337,7 @@ impl Runner {
         self.config.data_dir.join("vms").join(&vmi.metadata.uid)
     }
 
-    async fn set_status(&self, vmi: &Object, status: Value) -> Result<(), ClientError> {
+    pub(crate) async fn set_status(&self, vmi: &Object, status: Value) -> Result<(), ClientError> {
         let patch = json!({"status": status});
         self.client
             .merge_patch(
@@ -743,6 +749,7 @@ impl Runner {
             pid: qemu.pid,
             run_dir: run_dir.clone(),
             serial,
+            taps: self.network.taps_of(&vmi),
             commands: sender,
         };
         self.vms
@@ -782,6 +789,9 @@ impl Runner {
         let mut migrated_away = false;
         // STOP and RESUME events still to come from a snapshot's stop and cont.
         let mut snapshot_pause_events = 0u8;
+        // The NICs in the guest, and the instance as last seen (for hot-plugging).
+        let mut plugged = crate::vm::nic_hotplug::Plugged::of(&vmi);
+        let mut latest = vmi.clone();
         let mut poll = tokio::time::interval(crate::migration::POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -801,6 +811,10 @@ impl Runner {
                     Some(e) if e.name == "STOP" || e.name == "RESUME" => {
                         let paused = e.name == "STOP";
                         let _ = self.set_status(&vmi, json!({"conditions": conditions(true, paused)})).await;
+                    }
+                    Some(e) if e.name == "DEVICE_DELETED" => {
+                        let device = e.data["device"].as_str().unwrap_or("");
+                        self.nic_deleted(&latest, device, &qemu.qmp, &mut plugged).await;
                     }
                     Some(_) => {}
                     None => break, // QEMU exited
@@ -822,6 +836,10 @@ impl Runner {
                                 self.events.record(&vmi, EventType::Normal, reason, message).await;
                             }
                         }
+                    }
+                    Some(Command::Nics(fresh)) if stop_deadline.is_none() && outgoing.is_none() && !migrated_away => {
+                        latest = *fresh;
+                        self.sync_nics(&latest, &qemu.qmp, &mut plugged).await;
                     }
                     Some(Command::Migration(state)) if stop_deadline.is_none() && !migrated_away => {
                         self.on_migration(&vmi, &qemu, &mut outgoing, *state).await;

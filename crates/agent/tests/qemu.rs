@@ -64,6 +64,7 @@ fn plan_for(spec: &VmiSpec, run_dir: &Path, name: &str, uuid: &str) -> LaunchPla
             mac: "02:00:00:aa:00:01".into(),
             device: "virtio-net-pci".into(),
             backend: vmo_agent::vm::plan::NicBackend::User,
+            port: None,
         }],
         qmp_socket,
         serial_socket,

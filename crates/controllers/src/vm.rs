@@ -311,8 +311,52 @@ async fn reconcile(
         }
         _ => {}
     }
+    if now.is_none() {
+        if let Some(i) = vmi.as_ref().filter(|i| phase(i) == "Running") {
+            now = hotplug_nics(client, recorder, vmi_kind, vm, i).await?;
+        }
+    }
     let vmi = now.unwrap_or(vmi);
     write_status(client, recorder, vm_kind, vm, vmi.as_ref(), &strategy).await
+}
+
+/// Carries NICs added to (or marked absent in) the template of a running VM over to its instance,
+/// whose agent plugs them in (or out) of the guest.
+async fn hotplug_nics(
+    client: &Client,
+    recorder: &Recorder,
+    vmi_kind: &KindInfo,
+    vm: &Object,
+    vmi: &Object,
+) -> Result<Option<Option<Object>>, ClientError> {
+    let Some(change) =
+        vmo_api::kinds::hotplug::live_change(&vm.spec()["template"]["spec"], vmi.spec())
+    else {
+        return Ok(None);
+    };
+    let patch = json!({
+        "metadata": {"resourceVersion": vmi.metadata.resource_version},
+        "spec": {"domain": {"devices": {"interfaces": change["interfaces"]}}, "networks": change["networks"]},
+    });
+    let patched = client
+        .merge_patch(
+            vmi_kind,
+            &vmi.metadata.namespace,
+            &vmi.metadata.name,
+            None,
+            &patch,
+            "vmo-vm-controller",
+        )
+        .await?;
+    recorder
+        .record(
+            vm,
+            EventType::Normal,
+            "NetworkInterfacesChanged",
+            "Carried the template's network interfaces over to the running instance",
+        )
+        .await;
+    Ok(Some(Some(patched)))
 }
 
 fn printable_status(vm: &Object, vmi: Option<&Object>) -> &'static str {

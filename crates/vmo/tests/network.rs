@@ -3,6 +3,7 @@
 //! (a node bridge, DHCP, NAT) reaching a server outside the hosts, and the VLAN policy refusing an
 //! attachment outside the allowed range. Skips (saying so) without root and network namespaces.
 
+use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -253,6 +254,78 @@ async fn vlans_isolate_and_span_hosts_and_the_default_network_reaches_outside() 
         seen.contains("VMO-GUEST: tcp vlan30 [pong-from-server]"),
         "{seen}"
     );
+    // What the client sent and received shows in its NIC's metrics on host-b.
+    let metrics = client
+        .get_text("/api/v1/nodes/host-b/proxy/metrics")
+        .await
+        .expect("host-b's metrics");
+    for series in [
+        "kubevirt_vmi_network_transmit_bytes_total",
+        "kubevirt_vmi_network_receive_bytes_total",
+        "kubevirt_vmi_network_transmit_packets_total",
+    ] {
+        let value: f64 = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(series)
+                    && l.contains("name=\"client\"")
+                    && l.contains("interface=\"net\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} for the client's NIC:\n{metrics}"));
+        assert!(value > 0.0, "{series} is {value}");
+    }
+    // Hotplug: a NIC on VLAN 31 added to the running client shows up in the guest with its MAC,
+    // and goes away again when marked absent.
+    let vm_kind = *Registry::builtin().resolve("virtualmachines").unwrap();
+    let vm_object = client.get(&vm_kind, "default", "client").await.unwrap();
+    let mut nics = vm_object.spec()["template"]["spec"]["domain"]["devices"]["interfaces"].clone();
+    let mut nets = vm_object.spec()["template"]["spec"]["networks"].clone();
+    nics.as_array_mut()
+        .unwrap()
+        .push(json!({"name": "extra", "bridge": {}}));
+    nets.as_array_mut()
+        .unwrap()
+        .push(json!({"name": "extra", "multus": {"networkName": "vlan31"}}));
+    let set_nics = |nics: Value, nets: Value| {
+        let client = client.clone();
+        async move {
+            let patch = json!({"spec": {"template": {"spec": {"domain": {"devices": {"interfaces": nics}}, "networks": nets}}}});
+            client
+                .merge_patch(&vm_kind, "default", "client", None, &patch, "test")
+                .await
+                .expect("patch the VM's NICs");
+        }
+    };
+    set_nics(nics.clone(), nets.clone()).await;
+    let with_extra = wait_for("the extra NIC in the client's status", WAIT, || async {
+        let i = vmi(&client, "client").await?;
+        let list = i.status()["interfaces"].as_array()?.clone();
+        list.iter().find(|n| n["name"] == "extra").cloned()
+    })
+    .await;
+    let extra_mac = with_extra["mac"].as_str().unwrap().to_string();
+    let seen = console(&mut cluster, "client", "VMO-GUEST: nic added eth1").await;
+    assert!(
+        seen.contains(&format!("VMO-GUEST: nic added eth1 {extra_mac}")),
+        "{seen}"
+    );
+    nics.as_array_mut().unwrap()[1]["state"] = json!("absent");
+    set_nics(nics, nets).await;
+    let seen = console(&mut cluster, "client", "VMO-GUEST: nic removed eth1").await;
+    assert!(seen.contains("VMO-GUEST: nic removed eth1"), "{seen}");
+    wait_for(
+        "the extra NIC gone from the client's status",
+        WAIT,
+        || async {
+            let i = vmi(&client, "client").await?;
+            let list = i.status()["interfaces"].as_array()?.clone();
+            (!list.iter().any(|n| n["name"] == "extra")).then_some(())
+        },
+    )
+    .await;
+
     let seen = console(&mut cluster, "outsider", "VMO-GUEST: tcp vlan31").await;
     assert!(seen.contains("VMO-GUEST: ping vlan31 no"), "{seen}");
     assert!(seen.contains("VMO-GUEST: tcp vlan31 []"), "{seen}");

@@ -185,8 +185,9 @@ pub fn answer(request: &Request, lease: &Lease, server: Ipv4Addr) -> Option<(Vec
     Some((p, broadcast))
 }
 
-/// How long a lease lasts; guests renew at half of it.
-const LEASE_SECONDS: u32 = 3600;
+/// How long a lease lasts; guests renew at half of it. Short, so that a guest that moved to
+/// another node (live migration) rebinds to that node's address within minutes.
+const LEASE_SECONDS: u32 = 600;
 
 /// Serves `leases` on `bridge` (whose address is `server`) until the task is dropped.
 pub async fn serve(bridge: String, server: Ipv4Addr, leases: Leases) -> std::io::Result<()> {

@@ -19,6 +19,25 @@ pub struct NicPlan {
     /// The QEMU device (`virtio-net-pci`, `e1000`, ...).
     pub device: String,
     pub backend: NicBackend,
+    /// The hot-plug port it sits on (`hpN`), for a NIC plugged into the running guest; None: the
+    /// machine's root bus, where NICs present at boot go.
+    pub port: Option<String>,
+}
+
+/// The instance annotation naming the hot-plug port of each NIC plugged in while it ran (a
+/// migration target builds the same machine from it).
+pub const HOTPLUGGED_ANNOTATION: &str = "vmo.io/hotplugged-nics";
+
+/// The hot-plug ports every machine has.
+pub const HOTPLUG_PORTS: usize = 4;
+
+/// NIC name -> hot-plug port, from the instance's annotation.
+pub fn hotplugged(vmi: &Object) -> std::collections::BTreeMap<String, String> {
+    vmi.metadata
+        .annotations
+        .get(HOTPLUGGED_ANNOTATION)
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
 }
 
 /// Where a NIC's frames go.
@@ -62,7 +81,8 @@ impl Network {
         )
     }
 
-    /// Attaches the instance's NICs (idempotent: an adopted or restarted instance finds its taps).
+    /// Attaches the instance's NICs (idempotent: an adopted or restarted instance finds its taps);
+    /// interfaces marked absent are left out.
     pub async fn attach(
         &self,
         client: &Client,
@@ -70,78 +90,96 @@ impl Network {
         spec: &VmiSpec,
         run_dir: &Path,
     ) -> Result<Vec<NicPlan>, AttachError> {
+        let ports = hotplugged(vmi);
         let mut plans = Vec::new();
-        let mut settings: Option<ClusterSettingsSpec> = None;
         for (i, nic) in spec.domain.devices.interfaces.iter().enumerate() {
-            let field = format!("spec.domain.devices.interfaces[{i}]");
-            let refused = |why: String| AttachError::Refused {
-                field: field.clone(),
-                why,
-            };
-            let device = device_for(nic.model.as_deref()).ok_or_else(|| {
-                refused(format!(
-                    "model {:?} is not supported (virtio, e1000, e1000e, rtl8139, ne2k_pci, pcnet)",
-                    nic.model.as_deref().unwrap_or("")
-                ))
-            })?;
-            let Some(network) = spec.networks.iter().find(|n| n.name == nic.name) else {
-                return Err(refused(format!("no network named {:?}", nic.name)));
-            };
-            let mac = mac_of(vmi, &nic.name, nic.mac_address.as_deref());
-            let tap = format!("{}{i}", self.tap_prefix(&vmi.metadata.uid));
-            let backend = if network.pod.is_some() {
-                if self.pod_mode == PodMode::User {
-                    NicBackend::User
-                } else {
-                    let Some(share) = self.pod.share() else {
-                        return Err(AttachError::Wait {
-                            reason: "NetworkNotReady".into(),
-                            message: "this node has no share of the pod CIDR yet (the node address controller gives one)".into(),
-                        });
-                    };
-                    self.pod
-                        .reserve(run_dir, &mac, &vmi.metadata.name)
-                        .map_err(&refused)?;
-                    super::links::ensure_tap(&tap, &self.pod.bridge, None)
-                        .await
-                        .map_err(|e| refused(e.to_string()))?;
-                    tracing::debug!(tap, share = %share.share, "default network NIC attached");
-                    NicBackend::Tap(tap)
+            if nic.extra.get("state").and_then(Value::as_str)
+                == Some(vmo_api::kinds::hotplug::ABSENT)
+            {
+                continue;
+            }
+            let mut plan = self.attach_nic(client, vmi, spec, i, run_dir).await?;
+            plan.port = ports.get(&nic.name).cloned();
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
+
+    /// Attaches interface `i` of the instance.
+    pub async fn attach_nic(
+        &self,
+        client: &Client,
+        vmi: &Object,
+        spec: &VmiSpec,
+        i: usize,
+        run_dir: &Path,
+    ) -> Result<NicPlan, AttachError> {
+        let nic = &spec.domain.devices.interfaces[i];
+        let field = format!("spec.domain.devices.interfaces[{i}]");
+        let refused = |why: String| AttachError::Refused {
+            field: field.clone(),
+            why,
+        };
+        let device = device_for(nic.model.as_deref()).ok_or_else(|| {
+            refused(format!(
+                "model {:?} is not supported (virtio, e1000, e1000e, rtl8139, ne2k_pci, pcnet)",
+                nic.model.as_deref().unwrap_or("")
+            ))
+        })?;
+        let Some(position) = spec.networks.iter().position(|n| n.name == nic.name) else {
+            return Err(refused(format!("no network named {:?}", nic.name)));
+        };
+        let network = &spec.networks[position];
+        let mac = mac_of(vmi, &nic.name, nic.mac_address.as_deref());
+        let tap = self.tap_name(&vmi.metadata.uid, i);
+        let backend = if network.pod.is_some() {
+            if self.pod_mode == PodMode::User {
+                NicBackend::User
+            } else {
+                if self.pod.share().is_none() {
+                    return Err(AttachError::Wait {
+                        reason: "NetworkNotReady".into(),
+                        message: "this node has no share of the pod CIDR yet (the node address controller gives one)".into(),
+                    });
                 }
-            } else if let Some(multus) = &network.multus {
-                if settings.is_none() {
-                    settings = Some(cluster_settings(client).await);
-                }
-                let settings = settings.as_ref().expect("just read");
-                let attachment = attachment(client, vmi, &multus.network_name).await?;
-                let admitted =
-                    admit_attachment(&attachment, &vmi.metadata.namespace, &settings.network)
-                        .map_err(|why| AttachError::Refused {
-                            field: format!(
-                                "spec.networks[{}].multus.networkName",
-                                spec.networks
-                                    .iter()
-                                    .position(|n| n.name == nic.name)
-                                    .unwrap_or(0)
-                            ),
-                            why,
-                        })?;
-                self.vlans
-                    .attach(&tap, &admitted, &settings.network)
+                self.pod
+                    .reserve(run_dir, &mac, &vmi.metadata.name)
+                    .map_err(&refused)?;
+                super::links::ensure_tap(&tap, &self.pod.bridge, None)
                     .await
                     .map_err(|e| refused(e.to_string()))?;
                 NicBackend::Tap(tap)
-            } else {
-                return Err(refused("the network is neither pod nor multus".into()));
-            };
-            plans.push(NicPlan {
-                name: nic.name.clone(),
-                mac,
-                device: device.to_string(),
-                backend,
-            });
-        }
-        Ok(plans)
+            }
+        } else if let Some(multus) = &network.multus {
+            let settings = cluster_settings(client).await;
+            let attachment = attachment(client, vmi, &multus.network_name).await?;
+            let admitted =
+                admit_attachment(&attachment, &vmi.metadata.namespace, &settings.network).map_err(
+                    |why| AttachError::Refused {
+                        field: format!("spec.networks[{position}].multus.networkName"),
+                        why,
+                    },
+                )?;
+            self.vlans
+                .attach(&tap, &admitted, &settings.network)
+                .await
+                .map_err(|e| refused(e.to_string()))?;
+            NicBackend::Tap(tap)
+        } else {
+            return Err(refused("the network is neither pod nor multus".into()));
+        };
+        Ok(NicPlan {
+            name: nic.name.clone(),
+            mac,
+            device: device.to_string(),
+            backend,
+            port: None,
+        })
+    }
+
+    /// The tap of interface `i` of instance `uid` on this node.
+    pub fn tap_name(&self, uid: &str, i: usize) -> String {
+        format!("{}{i}", self.tap_prefix(uid))
     }
 
     /// Removes the taps and the default-network lease of instance `uid` (its run directory is
@@ -164,12 +202,31 @@ impl Network {
         self.vlans.prune().await;
     }
 
+    /// The instance's tap-backed NICs on this node: (interface name, tap).
+    pub fn taps_of(&self, vmi: &Object) -> Vec<(String, String)> {
+        vmi.spec()["domain"]["devices"]["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, nic)| {
+                let tap = self.tap_name(&vmi.metadata.uid, i);
+                super::links::exists(&tap)
+                    .then(|| (nic["name"].as_str().unwrap_or("").to_string(), tap))
+            })
+            .collect()
+    }
+
     /// `status.interfaces` of the instance: name, MAC and (on the default network) its address.
     pub fn interfaces_status(&self, vmi: &Object, spec: &VmiSpec, run_dir: &Path) -> Vec<Value> {
         spec.domain
             .devices
             .interfaces
             .iter()
+            .filter(|nic| {
+                nic.extra.get("state").and_then(Value::as_str)
+                    != Some(vmo_api::kinds::hotplug::ABSENT)
+            })
             .map(|nic| {
                 let mac = mac_of(vmi, &nic.name, nic.mac_address.as_deref());
                 let mut status = json!({"name": nic.name, "mac": mac, "infoSource": "domain"});

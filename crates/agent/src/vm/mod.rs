@@ -2,5 +2,6 @@
 
 pub mod disks;
 pub mod migrate;
+pub mod nic_hotplug;
 pub mod plan;
 pub mod process;

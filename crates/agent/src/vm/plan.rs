@@ -280,9 +280,25 @@ impl LaunchPlan {
                 }
             };
             push(&["-netdev", &netdev]);
+            let port = nic
+                .port
+                .as_ref()
+                .map(|p| format!(",bus={p}"))
+                .unwrap_or_default();
             push(&[
                 "-device",
-                &format!("{},netdev=net-{id},mac={},id=nic-{id}", nic.device, nic.mac),
+                &format!(
+                    "{},netdev=net-{id},mac={},id=nic-{id}{port}",
+                    nic.device, nic.mac
+                ),
+            ]);
+        }
+        // Empty PCIe root ports last (so the devices above keep their slots): NICs plugged into
+        // the running guest go there.
+        for k in 0..crate::net::nics::HOTPLUG_PORTS {
+            push(&[
+                "-device",
+                &format!("pcie-root-port,id=hp{k},chassis={}", k + 1),
             ]);
         }
         a
@@ -333,12 +349,14 @@ mod tests {
                     mac: "02:00:00:00:00:01".into(),
                     device: "virtio-net-pci".into(),
                     backend: NicBackend::User,
+                    port: None,
                 },
                 NicPlan {
                     name: "vlan30".into(),
                     mac: "02:00:00:00:00:02".into(),
                     device: "e1000".into(),
                     backend: NicBackend::Tap("vt1234abcdef1".into()),
+                    port: Some("hp1".into()),
                 },
             ],
             qmp_socket: "/run/vm/qmp.sock".into(),
@@ -420,7 +438,10 @@ mod tests {
         assert!(
             args.contains("-netdev tap,id=net-vlan30,ifname=vt1234abcdef1,script=no,downscript=no")
         );
-        assert!(args.contains("e1000,netdev=net-vlan30,mac=02:00:00:00:00:02,id=nic-vlan30"));
+        assert!(
+            args.contains("e1000,netdev=net-vlan30,mac=02:00:00:00:00:02,id=nic-vlan30,bus=hp1")
+        );
+        assert!(args.contains("pcie-root-port,id=hp3,chassis=4"));
         assert!(args.contains("-qmp unix:/run/vm/qmp.sock,server=on,wait=off"));
     }
 

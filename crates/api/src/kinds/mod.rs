@@ -5,6 +5,7 @@ pub mod affinity;
 pub mod cdi;
 pub mod coordination;
 pub mod core;
+pub mod hotplug;
 pub mod kubevirt;
 pub mod migration;
 pub mod network;
