@@ -23,14 +23,16 @@ BACKPORTS_FILE=/etc/apt/sources.list.d/bookworm-backports.list
 #   kmod: depmod/modprobe to compute module load order; cpio: initramfs; e2fsprogs: ext4 partition
 #   extlinux + syslinux-common: BIOS boot loader and its MBR; fdisk (sfdisk): partition table
 #   dosfstools + mtools: the vfat NoCloud seed; genisoimage: iso9660 seed; socat: QMP from shell
-#   iproute2 (ip): the agent's host addresses, and the network namespaces tests run nodes in
+#   iproute2 (ip, bridge): the agent's bridges, taps and tunnels, and the network namespaces tests
+#   run nodes in; iptables: the default network's NAT and Services' forwarding; iputils-arping:
+#   gratuitous ARP when a node takes over a load-balancer address
 TOOLS=(ovmf busybox-static kmod cpio e2fsprogs extlinux syslinux-common fdisk dosfstools mtools
-       genisoimage socat zstd xz-utils procps iproute2)
+       genisoimage socat zstd xz-utils procps iproute2 iptables iputils-arping)
 # command -> package, to decide whether anything is missing without asking apt.
 declare -A TOOL_CMD=(
     [kmod]=depmod [cpio]=cpio [e2fsprogs]=mkfs.ext4 [extlinux]=extlinux [fdisk]=sfdisk
     [dosfstools]=mkfs.vfat [mtools]=mcopy [genisoimage]=genisoimage [socat]=socat [zstd]=zstd
-    [xz-utils]=xz [procps]=pgrep [iproute2]=ip
+    [xz-utils]=xz [procps]=pgrep [iproute2]=ip [iptables]=iptables [iputils-arping]=arping
 )
 
 qemu_major() {

@@ -211,6 +211,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         storage::provision::run(client.clone(), config.clone(), vms.clone()),
         storage::snapshot::run(client.clone(), config.clone(), vms.clone()),
         net::peers::run(client.clone(), network.clone(), config.node_name.clone()),
+        net::services::run(client.clone(), network.clone(), config.node_name.clone()),
         runner::run(client, config, accel, vms, host, network),
         endpoint.serve(listener, server_tls),
     );

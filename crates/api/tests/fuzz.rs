@@ -207,6 +207,34 @@ fn class_seed() -> Value {
     })
 }
 
+fn service_seed() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "fuzz", "namespace": "default",
+                     "annotations": {"metallb.universe.tf/address-pool": "lan"}},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "loadBalancerIP": "10.0.0.5",
+                 "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30080}]}
+    })
+}
+
+fn pool_seed() -> Value {
+    json!({
+        "apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+        "metadata": {"name": "fuzz", "namespace": "default"},
+        "spec": {"addresses": ["10.0.0.0/28", "10.0.1.5-10.0.1.9"], "autoAssign": true,
+                 "avoidBuggyIPs": true}
+    })
+}
+
+fn attachment_seed() -> Value {
+    json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "fuzz", "namespace": "default",
+                     "annotations": {"vmo.io/published-to": "a,b"}},
+        "spec": {"config": "{\"cniVersion\": \"0.3.1\", \"type\": \"bridge\", \"bridge\": \"br0\", \"vlan\": 30, \"mtu\": 1500}"}
+    })
+}
+
 #[test]
 fn structured_mutations_of_valid_objects_are_validated_without_panicking() {
     for (name, seed) in [
@@ -214,6 +242,9 @@ fn structured_mutations_of_valid_objects_are_validated_without_panicking() {
         ("datavolume", data_volume_seed),
         ("pvc", claim_seed),
         ("storageclass", class_seed),
+        ("service", service_seed),
+        ("ipaddresspool", pool_seed),
+        ("network-attachment-definition", attachment_seed),
     ] {
         let registry = Registry::builtin();
         let kind = registry.resolve(name).copied().expect("kind");

@@ -103,7 +103,7 @@ impl Cluster {
     /// Starts `vmo up --no-agent` and one agent per `(name, zone)` under `root`, all on
     /// 127.0.0.1, and waits until every node is Ready.
     pub async fn start(binary: &Path, root: &Path, nodes: &[(&str, &str)]) -> Self {
-        Self::launch(binary, root, nodes, None).await
+        Self::launch(binary, root, nodes, None, &[]).await
     }
 
     /// Like `start`, with every node a host of its own: each agent runs in its own network
@@ -116,8 +116,18 @@ impl Cluster {
         root: &Path,
         nodes: &[(&str, &str)],
     ) -> Option<Self> {
+        Self::start_in_namespaces_with(binary, root, nodes, &[]).await
+    }
+
+    /// `start_in_namespaces` with more flags for `vmo up` (`--node-grace-period 8s`, say).
+    pub async fn start_in_namespaces_with(
+        binary: &Path,
+        root: &Path,
+        nodes: &[(&str, &str)],
+        up_args: &[&str],
+    ) -> Option<Self> {
         let network = HostNetwork::create_or_skip(nodes.len())?;
-        Some(Self::launch(binary, root, nodes, Some(network)).await)
+        Some(Self::launch(binary, root, nodes, Some(network), up_args).await)
     }
 
     async fn launch(
@@ -125,6 +135,7 @@ impl Cluster {
         root: &Path,
         nodes: &[(&str, &str)],
         network: Option<HostNetwork>,
+        up_args: &[&str],
     ) -> Self {
         let shared_pool = root.join("shared");
         std::fs::create_dir_all(&shared_pool).expect("shared pool");
@@ -132,9 +143,9 @@ impl Cluster {
             Some(n) => format!("{}:0", n.gateway),
             None => "127.0.0.1:0".into(),
         };
-        let up =
-            VmoProcess::start_listening(binary, &root.join("control"), &listen, &["--no-agent"])
-                .await;
+        let mut args = vec!["--no-agent"];
+        args.extend_from_slice(up_args);
+        let up = VmoProcess::start_listening(binary, &root.join("control"), &listen, &args).await;
         let mut agents = Vec::new();
         for (i, (name, zone)) in nodes.iter().enumerate() {
             let host = network.as_ref().map(|n| n.host(i));

@@ -414,3 +414,129 @@ async fn vlans_isolate_and_span_hosts_and_the_default_network_reaches_outside() 
     })
     .await;
 }
+
+/// Connects to `address` and returns the first line the server sends, or None.
+async fn first_line(address: String) -> Option<String> {
+    let connect = tokio::net::TcpStream::connect(address);
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), connect)
+        .await
+        .ok()?
+        .ok()?;
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_balancer_address_forwards_to_a_vm_and_moves_when_its_node_dies() {
+    let Some(guest) = test_guest() else { return };
+    let dir = KeptDir::new("vmo-loadbalancer-");
+    let Some(mut cluster) = Cluster::start_in_namespaces_with(
+        vmo(),
+        dir.path(),
+        &[("host-a", "zone-a"), ("host-b", "zone-b")],
+        &["--node-grace-period", "6s"],
+    )
+    .await
+    else {
+        return;
+    };
+    let client = cluster.client();
+    let gateway = cluster.network.as_ref().unwrap().gateway.clone();
+    let subnet = gateway.rsplit_once('.').unwrap().0.to_string();
+
+    // A pool on the hosts' own network, announced on it.
+    let pool = format!(
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: lan\nspec:\n  addresses: [\"{subnet}.200-{subnet}.210\"]\n  avoidBuggyIPs: true\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata:\n  name: lan\nspec:\n  ipAddressPools: [lan]\n"
+    );
+    let (ok, out) = apply(&cluster, &pool);
+    assert!(ok, "{out}");
+    let service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports:\n    - {port: 80, targetPort: 8080}\n";
+    let (ok, out) = apply(&cluster, service);
+    assert!(ok, "{out}");
+    let service_kind = *Registry::builtin().resolve("services").unwrap();
+    let announced = |not: Option<String>| {
+        let client = client.clone();
+        async move {
+            wait_for(
+                "the Service's address and announcing node",
+                WAIT,
+                || async {
+                    let svc = client.get(&service_kind, "default", "web").await.ok()?;
+                    let ip = svc.status()["loadBalancer"]["ingress"][0]["ip"]
+                        .as_str()?
+                        .to_string();
+                    let node = svc
+                        .metadata
+                        .annotations
+                        .get("vmo.io/announcing-node")?
+                        .clone();
+                    (Some(&node) != not.as_ref()).then_some((ip, node, svc))
+                },
+            )
+            .await
+        }
+    };
+    let (ip, announcer, svc) = announced(None).await;
+    assert_eq!(ip, format!("{subnet}.200"));
+    let node_port = svc.spec()["ports"][0]["nodePort"]
+        .as_u64()
+        .expect("a node port");
+    let (ok, table, err) = cluster.up.cli(&["get", "svc", "web", "-o", "wide"]);
+    assert!(
+        ok && table.contains(&ip) && table.contains(&announcer),
+        "{table}{err}"
+    );
+
+    // The VM runs on the other node, so the address's traffic crosses from one host to the other.
+    let other = if announcer == "host-a" {
+        "host-b"
+    } else {
+        "host-a"
+    };
+    let server = "(while :; do echo hello-from-web | nc -l -p 8080; done) </dev/null >/dev/null 2>&1 &\necho VMO-GUEST: web listening\n";
+    let manifest = vm("web", other, &guest, None, server).replace(
+        "  template:\n    spec:\n",
+        "  template:\n    metadata:\n      labels: {app: web}\n    spec:\n",
+    );
+    let (ok, out) = apply(&cluster, &manifest);
+    assert!(ok, "{out}");
+    console(&mut cluster, "web", "VMO-GUEST: web listening").await;
+    let reply = wait_for(&format!("{ip}:80 answering"), WAIT, || {
+        first_line(format!("{ip}:80"))
+    })
+    .await;
+    assert_eq!(reply, "hello-from-web");
+    // The node port answers on both hosts.
+    for host in ["host-a", "host-b"] {
+        let address = format!("{}:{node_port}", cluster.host(host).unwrap().address);
+        let reply = wait_for(&format!("{address} answering"), WAIT, || {
+            first_line(address.clone())
+        })
+        .await;
+        assert_eq!(reply, "hello-from-web");
+    }
+
+    // The announcing node dies (its agent and its network): the other node takes the address over
+    // and says so by gratuitous ARP, and the address answers again.
+    let host = cluster.host(&announcer).unwrap();
+    let (netns, interface) = (host.netns.clone(), host.interface.clone());
+    cluster.agent(&announcer).kill();
+    let down = std::process::Command::new("ip")
+        .args(["-n", &netns, "link", "set", &interface, "down"])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    let (moved_ip, new_announcer, _) = announced(Some(announcer.clone())).await;
+    assert_eq!(moved_ip, ip);
+    assert_eq!(new_announcer, other);
+    let reply = wait_for(&format!("{ip}:80 answering from {other}"), WAIT, || {
+        first_line(format!("{ip}:80"))
+    })
+    .await;
+    assert_eq!(reply, "hello-from-web");
+}

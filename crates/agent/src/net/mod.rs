@@ -9,6 +9,9 @@
 //!   each tap joins the configured bridge (br0) with its VLAN as PVID, untagged; elsewhere each
 //!   VLAN has its own bridge whose uplink is a VXLAN tunnel with VNI = VLAN ID to every other node.
 //!
+//! - Services: LoadBalancer addresses and node ports forwarded to VMs, the announcing node holding
+//!   the address (`services`).
+//!
 //! The datapaths are reported on the Node. Taps are removed with their instance, VLAN bridges
 //! when their last tap goes.
 
@@ -17,6 +20,7 @@ pub mod links;
 pub mod nics;
 pub mod peers;
 pub mod pod;
+pub mod services;
 pub mod vlan;
 
 use std::net::Ipv4Addr;

@@ -9,6 +9,7 @@ pub mod hotplug;
 pub mod kubevirt;
 pub mod migration;
 pub mod network;
+pub mod service;
 pub mod settings;
 pub mod snapshot;
 pub mod storage;
@@ -143,6 +144,7 @@ impl Registry {
         kinds.extend(storage::kinds());
         kinds.extend(cdi::kinds());
         kinds.extend(network::kinds());
+        kinds.extend(service::kinds());
         kinds.extend(snapshot::kinds());
         Self { kinds }
     }
