@@ -86,7 +86,7 @@ spec:
 
 /// User-data giving eth0 a static address (no DHCP on a VLAN).
 fn static_address(address: &str) -> String {
-    format!("pkill -f 'udhcpc -f -i eth0'\nip -4 addr flush dev eth0\nip addr add {address} dev eth0\nip link set eth0 up\n")
+    format!("killall udhcpc\nip -4 addr flush dev eth0\nip addr add {address} dev eth0\nip link set eth0 up\n")
 }
 
 async fn vmi(client: &Client, name: &str) -> Option<Object> {
@@ -211,6 +211,43 @@ async fn vlans_isolate_and_span_hosts_and_the_default_network_reaches_outside() 
             && out.contains("VLAN 40")
             && out.contains("21-35"),
         "{out}"
+    );
+
+    // Another namespace may use default/vlan30 only once it is published there.
+    let (ok, out) = apply(
+        &cluster,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-b\n",
+    );
+    assert!(ok, "{out}");
+    let elsewhere = vm(
+        "elsewhere",
+        "host-a",
+        &guest,
+        Some("default/vlan30"),
+        "true",
+    )
+    .replace(
+        "metadata:\n  name: elsewhere\n",
+        "metadata:\n  name: elsewhere\n  namespace: team-b\n",
+    );
+    let (ok, out) = apply(&cluster, &elsewhere);
+    assert!(
+        !ok && out.contains("not published to namespace team-b"),
+        "{out}"
+    );
+    let published = attachment("vlan30", 30).replace(
+        "  name: vlan30\n",
+        "  name: vlan30\n  annotations: {vmo.io/published-to: team-b}\n",
+    );
+    let (ok, out) = apply(&cluster, &published);
+    assert!(ok, "{out}");
+    let (ok, out) = apply(
+        &cluster,
+        &elsewhere.replace("runStrategy: Always", "runStrategy: Halted"),
+    );
+    assert!(
+        ok,
+        "published to team-b, the attachment is usable there: {out}"
     );
 
     // Two VMs on VLAN 30 on different hosts, and one on VLAN 31 with an address in the same
