@@ -25,14 +25,15 @@ BACKPORTS_FILE=/etc/apt/sources.list.d/bookworm-backports.list
 #   dosfstools + mtools: the vfat NoCloud seed; genisoimage: iso9660 seed; socat: QMP from shell
 #   iproute2 (ip, bridge): the agent's bridges, taps and tunnels, and the network namespaces tests
 #   run nodes in; iptables: the default network's NAT and Services' forwarding; iputils-arping:
-#   gratuitous ARP when a node takes over a load-balancer address
+#   gratuitous ARP when a node takes over a load-balancer address; ebtables: attachments'
+#   macspoofchk
 TOOLS=(ovmf busybox-static kmod cpio e2fsprogs extlinux syslinux-common fdisk dosfstools mtools
-       genisoimage socat zstd xz-utils procps iproute2 iptables iputils-arping)
+       genisoimage socat zstd xz-utils procps iproute2 iptables iputils-arping ebtables)
 # command -> package, to decide whether anything is missing without asking apt.
 declare -A TOOL_CMD=(
     [kmod]=depmod [cpio]=cpio [e2fsprogs]=mkfs.ext4 [extlinux]=extlinux [fdisk]=sfdisk
     [dosfstools]=mkfs.vfat [mtools]=mcopy [genisoimage]=genisoimage [socat]=socat [zstd]=zstd
-    [xz-utils]=xz [procps]=pgrep [iproute2]=ip [iptables]=iptables [iputils-arping]=arping
+    [xz-utils]=xz [procps]=pgrep [iproute2]=ip [iptables]=iptables [iputils-arping]=arping [ebtables]=ebtables
 )
 
 qemu_major() {

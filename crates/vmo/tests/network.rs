@@ -26,7 +26,7 @@ kind: NetworkAttachmentDefinition
 metadata:
   name: {name}
 spec:
-  config: '{{"cniVersion": "0.3.1", "type": "bridge", "bridge": "br0", "vlan": {vlan}}}'
+  config: '{{"cniVersion": "0.3.1", "type": "bridge", "bridge": "br0", "vlan": {vlan}, "macspoofchk": true}}'
 "#
     )
 }
@@ -168,6 +168,15 @@ async fn vlans_isolate_and_span_hosts_and_the_default_network_reaches_outside() 
     let settings = "apiVersion: vmo.io/v1alpha1\nkind: ClusterSettings\nmetadata:\n  name: cluster\nspec:\n  network:\n    vlanFiltering:\n      bridgeIF: br0\n      allowedVlans: 21-35\n";
     let (ok, out) = apply(&cluster, settings);
     assert!(ok, "{out}");
+    // A default-network range covering the nodes' own network is refused.
+    let (ok, out) = apply(
+        &cluster,
+        &settings.replace("  network:\n", "  network:\n    podCIDR: 10.77.0.0/16\n"),
+    );
+    assert!(
+        !ok && out.contains("spec.network.podCIDR") && out.contains("of node host-"),
+        "{out}"
+    );
     for (name, vlan) in [("vlan30", 30), ("vlan31", 31), ("vlan40", 40)] {
         let (ok, out) = apply(&cluster, &attachment(name, vlan));
         assert!(ok, "{out}");
@@ -264,12 +273,20 @@ async fn vlans_isolate_and_span_hosts_and_the_default_network_reaches_outside() 
             static_address(&format!("10.30.0.{}/24", if from == "vlan30" { 2 } else { 3 }))
         )
     };
+    // macspoofchk: with another source MAC the client's frames go nowhere; with its own they do.
+    let spoofing = "orig=$(cat /sys/class/net/eth0/address)\nip link set eth0 down\nip link set eth0 address 02:de:ad:be:ef:01\nip link set eth0 promisc on\nip link set eth0 up\nif ping -c 3 -W 1 10.30.0.1 >/dev/null 2>&1; then s=yes; else s=no; fi\necho VMO-GUEST: spoofed ping $s\nip link set eth0 down\nip link set eth0 address $orig\nip link set eth0 promisc off\nip link set eth0 up\nok=no\nfor i in $(seq 30); do ping -c 1 -W 1 10.30.0.1 >/dev/null 2>&1 && ok=yes && break; done\necho VMO-GUEST: own-mac ping $ok\n";
     let nat = format!(
         "reply=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {gateway} {port} | tail -n 1)\necho \"VMO-GUEST: outside [$reply]\"\n"
     );
     for manifest in [
         vm("server", "host-a", &guest, Some("vlan30"), &server),
-        vm("client", "host-b", &guest, Some("vlan30"), &probe("vlan30")),
+        vm(
+            "client",
+            "host-b",
+            &guest,
+            Some("vlan30"),
+            &format!("{}{spoofing}", probe("vlan30")),
+        ),
         // VLAN 31 fails quickly: 90 pings would take 90 s, so it tries 5.
         vm(
             "outsider",
@@ -313,6 +330,10 @@ async fn vlans_isolate_and_span_hosts_and_the_default_network_reaches_outside() 
             .unwrap_or_else(|| panic!("no {series} for the client's NIC:\n{metrics}"));
         assert!(value > 0.0, "{series} is {value}");
     }
+    let seen = console(&mut cluster, "client", "VMO-GUEST: own-mac ping").await;
+    assert!(seen.contains("VMO-GUEST: spoofed ping no"), "{seen}");
+    assert!(seen.contains("VMO-GUEST: own-mac ping yes"), "{seen}");
+
     // Hotplug: a NIC on VLAN 31 added to the running client shows up in the guest with its MAC,
     // and goes away again when marked absent.
     let vm_kind = *Registry::builtin().resolve("virtualmachines").unwrap();

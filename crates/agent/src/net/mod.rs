@@ -21,6 +21,7 @@ pub mod nics;
 pub mod peers;
 pub mod pod;
 pub mod services;
+pub mod spoof;
 pub mod vlan;
 
 use std::net::Ipv4Addr;

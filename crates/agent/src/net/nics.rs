@@ -164,6 +164,11 @@ impl Network {
                 .attach(&tap, &admitted, &settings.network)
                 .await
                 .map_err(|e| refused(e.to_string()))?;
+            if admitted.macspoofchk {
+                super::spoof::enforce(&tap, &mac)
+                    .await
+                    .map_err(|e| refused(e.to_string()))?;
+            }
             NicBackend::Tap(tap)
         } else {
             return Err(refused("the network is neither pod nor multus".into()));
@@ -195,6 +200,7 @@ impl Network {
         }
         let prefix = self.tap_prefix(uid);
         for tap in super::links::named_with(&prefix) {
+            super::spoof::release(&tap).await;
             if let Err(e) = super::links::delete(&tap).await {
                 tracing::warn!(tap, error = %e, "could not remove a tap");
             }

@@ -171,6 +171,7 @@ impl Runner {
             .and_then(|nics| nics.iter().position(|n| n["name"] == name))
         {
             let tap = self.network.tap_name(&vmi.metadata.uid, i);
+            crate::net::spoof::release(&tap).await;
             let _ = crate::net::links::delete(&tap).await;
             self.network.vlans.prune().await;
         }
