@@ -5,6 +5,7 @@
 //! One test runs each node as a host of its own (a network namespace with its own address), so
 //! the migration crosses a real network between two addresses.
 
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vmo_api::kinds::migration::MigrationState;
@@ -307,9 +308,21 @@ async fn a_dirtying_guest_migrates_between_hosts_with_their_own_addresses() {
         );
     }
 
-    // Its disk in the shared pool, and a node-local one that is copied to the target over NBD.
+    // Its disk in the shared pool, and a node-local one that is copied to the target over NBD;
+    // a NIC on the default network (each host's node bridge) and one on VLAN 30.
+    let nad = "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: vlan30\nspec:\n  config: '{\"cniVersion\": \"0.3.1\", \"type\": \"bridge\", \"vlan\": 30}'\n";
+    let (ok, out, err) = cluster.up.cli_with_input(&["apply", "-f", "-"], Some(nad));
+    assert!(ok, "{out}{err}");
     let pool = cluster.shared_pool.clone();
     let vm = manifest("roamer", &guest, &pool, 16)
+        .replace(
+            "          disks:\n",
+            "          interfaces:\n            - {name: default, masquerade: {}}\n            - {name: v30, bridge: {}}\n          disks:\n",
+        )
+        .replace(
+            "      volumes:\n",
+            "      networks:\n        - {name: default, pod: {}}\n        - {name: v30, multus: {networkName: vlan30}}\n      volumes:\n",
+        )
         .replace(
             "          disks:\n",
             "          disks:\n            - name: scratch\n              disk: {bus: virtio}\n",
@@ -320,6 +333,13 @@ async fn a_dirtying_guest_migrates_between_hosts_with_their_own_addresses() {
         );
     let running = apply_and_run(&cluster, &vm, "roamer").await;
     let uid = running.metadata.uid.clone();
+    let macs_before: Vec<Value> = running.status()["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["mac"].clone())
+        .collect();
+    assert_eq!(macs_before.len(), 2, "{:?}", running.status());
     let source = node_of(&running);
     let target = if source == "host-a" {
         "host-b"
@@ -343,6 +363,25 @@ async fn a_dirtying_guest_migrates_between_hosts_with_their_own_addresses() {
     )
     .await;
     assert_eq!(node, target);
+    // The NICs kept their MACs; the VLAN NIC's tap is on the target's VLAN 30 bridge now.
+    let moved = vmi(&client, "roamer").await.unwrap();
+    let macs_after: Vec<Value> = moved.status()["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["mac"].clone())
+        .collect();
+    assert_eq!(macs_after, macs_before);
+    let netns = cluster.host(target).unwrap().netns.clone();
+    let ports = std::process::Command::new("ip")
+        .args(["-n", &netns, "-o", "link", "show", "master", "vmo-v30"])
+        .output()
+        .unwrap();
+    let ports = String::from_utf8_lossy(&ports.stdout).to_string();
+    assert!(
+        ports.contains("vmo-x30") && ports.contains(" vt"),
+        "{ports}"
+    );
 
     // The source's QEMU sent the guest's memory and its local disk (the NBD port, marked 1) to
     // the target host's own address, over the network between the hosts: the target's interface
