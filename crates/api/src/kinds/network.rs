@@ -343,6 +343,23 @@ pub const DEFAULT_POD_CIDR: &str = "100.64.0.0/18";
 /// The reference architecture's service range.
 pub const DEFAULT_SERVICE_CIDR: &str = "100.64.64.0/18";
 
+/// The address and prefix length of `a.b.c.d/n` (n at most `max_prefix`); an error names the bad
+/// part.
+pub fn split_cidr(text: &str, max_prefix: u8) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not a.b.c.d/prefix"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= max_prefix)
+        .ok_or_else(|| format!("/{prefix} is not a prefix of 0-{max_prefix}"))?;
+    Ok((addr, prefix))
+}
+
 /// An IPv4 network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
@@ -353,17 +370,7 @@ pub struct Cidr {
 impl Cidr {
     /// Parses `a.b.c.d/n`; the address must be the network's first.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (addr, prefix) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not a.b.c.d/prefix"))?;
-        let network: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 30)
-            .ok_or_else(|| format!("/{prefix} is not a prefix of 0-30"))?;
+        let (network, prefix) = split_cidr(text, 30)?;
         let cidr = Self { network, prefix };
         if u32::from(network) & !cidr.mask() != 0 {
             return Err(format!(

@@ -342,17 +342,10 @@ pub fn parse_range(text: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
         }
         return Ok((low, high));
     }
-    let (addr, prefix) = text
-        .split_once('/')
-        .ok_or_else(|| format!("{text:?} is neither a.b.c.d/n nor a.b.c.d-e.f.g.h"))?;
-    let addr: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-    let prefix: u32 = prefix
-        .parse()
-        .ok()
-        .filter(|p| *p <= 32)
-        .ok_or_else(|| format!("/{prefix} is not a prefix of 0-32"))?;
+    if !text.contains('/') {
+        return Err(format!("{text:?} is neither a.b.c.d/n nor a.b.c.d-e.f.g.h"));
+    }
+    let (addr, prefix) = super::network::split_cidr(text, 32)?;
     let mask = if prefix == 0 {
         0
     } else {
