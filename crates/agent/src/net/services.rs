@@ -78,8 +78,25 @@ pub async fn run(client: Client, network: Arc<super::Network>, node_name: String
             .list()
             .into_iter()
             .find(|n| n.metadata.name == node_name);
+        // The interface holding the node's address, for advertisements that name none (looked
+        // up only while this node announces something).
+        let announcing = services
+            .iter()
+            .any(|s| s.metadata.annotations.get(ANNOUNCING_NODE_ANNOTATION) == Some(&node_name));
+        let uplink = match network.node_ip {
+            Some(ip) if announcing => interface_holding(ip).await,
+            _ => None,
+        };
         let wanted = me
-            .map(|me| wanted_addresses(&services, &pools.list(), &ads.list(), &me, network.node_ip))
+            .map(|me| {
+                wanted_addresses(
+                    &services,
+                    &pools.list(),
+                    &ads.list(),
+                    &me,
+                    uplink.as_deref(),
+                )
+            })
             .unwrap_or_default();
         if let Err(e) = announce(&wanted, &mut announced).await {
             tracing::error!(error = %e, "could not announce load-balancer addresses");
@@ -228,7 +245,7 @@ pub fn wanted_addresses(
     pools: &[Object],
     ads: &[Object],
     me: &Object,
-    node_ip: Option<Ipv4Addr>,
+    uplink: Option<&str>,
 ) -> BTreeSet<(String, Ipv4Addr)> {
     let mut wanted = BTreeSet::new();
     for svc in services {
@@ -261,9 +278,7 @@ pub fn wanted_addresses(
             continue;
         }
         if interfaces.is_empty() {
-            if let Some(i) = node_ip.and_then(interface_holding) {
-                interfaces.insert(i);
-            }
+            interfaces.extend(uplink.map(str::to_string));
         }
         wanted.extend(interfaces.into_iter().map(|i| (i, ip)));
     }
@@ -271,14 +286,10 @@ pub fn wanted_addresses(
 }
 
 /// The link holding `address`.
-fn interface_holding(address: Ipv4Addr) -> Option<String> {
-    let out = std::process::Command::new("ip")
-        .args(["-o", "-4", "addr", "show"])
-        .output()
-        .ok()?;
+async fn interface_holding(address: Ipv4Addr) -> Option<String> {
+    let out = links::ip(&["-o", "-4", "addr", "show"]).await.ok()?;
     let needle = format!("inet {address}/");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    out.lines()
         .find(|l| l.contains(&needle))
         .and_then(|l| l.split_whitespace().nth(1))
         .map(|d| d.split('@').next().unwrap_or(d).to_string())
