@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on a fresh Debian 12 machine with a Rust toolchain:
 # installs what the tests need (kubectl from Debian's kubernetes-client, QEMU 10 from
-# bookworm-backports, the test guest, cargo-nextest), checks formatting and lints, then runs every
-# test with nextest.
+# bookworm-backports, the test guest, Chromium and the web UI's npm packages, cargo-nextest),
+# checks formatting and lints, then runs every test with nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+# Headless Chromium for the web UI's browser tests (driven by npm's playwright-core).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -34,6 +36,11 @@ VMO_TEST_GUEST=$(./scripts/guest/build.sh | tail -n 1)
 export VMO_TEST_GUEST VMO_REQUIRE_QEMU=1
 # As root, the tests that run nodes as separate hosts (network namespaces) must run, not skip.
 if [ "$(id -u)" -eq 0 ]; then export VMO_REQUIRE_NETNS=1; fi
+
+# The web UI (npm), embedded into the vmo binary when it is compiled.
+echo "== the web UI"
+./scripts/build-web.sh
+export VMO_REQUIRE_WEB=1
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "== installing cargo-nextest"

@@ -9,5 +9,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 # The node agent runs VMs with QEMU 10 from bookworm-backports.
 ./scripts/install-qemu.sh
+# The web UI, built with npm and embedded into the binary (served at https://HOST:PORT/ui).
+./scripts/build-web.sh
 cargo build --release --bin vmo
 exec ./target/release/vmo up "$@"

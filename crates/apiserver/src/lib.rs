@@ -15,6 +15,7 @@ pub mod pki;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod ui;
 pub mod upload;
 pub mod watch;
 

@@ -22,6 +22,8 @@ pub enum Route {
         group_version: String,
     },
     Resource(ResourcePath),
+    /// `/ui` and everything under it: the web UI's files.
+    Ui(String),
     /// `/api/v1/nodes/NAME/proxy/PATH`: a GET passed to the node's agent.
     NodeProxy {
         node: String,
@@ -53,6 +55,7 @@ pub fn parse(path: &str) -> Route {
         .collect();
     match segments.as_slice() {
         ["version"] => Route::Version,
+        ["ui", rest @ ..] => Route::Ui(rest.join("/")),
         ["healthz"] | ["livez"] | ["readyz"] => Route::Health,
         ["api"] => Route::CoreVersions,
         ["apis"] => Route::Groups,

@@ -213,6 +213,7 @@ impl ApiServer {
                 return Response::new(Full::new(Bytes::from_static(b"ok")).boxed_unsync());
             }
             Route::Version => return json_response(200, &discovery::version()),
+            Route::Ui(path) => return crate::ui::serve(&path),
             _ => {}
         }
         let authorization = req
@@ -297,7 +298,9 @@ impl ApiServer {
                 Ok(resp) => resp,
                 Err(status) => status_response(&status),
             },
-            Route::NotFound | Route::Health | Route::Version => status_response(&not_found_route()),
+            Route::NotFound | Route::Health | Route::Version | Route::Ui(_) => {
+                status_response(&not_found_route())
+            }
         }
     }
 

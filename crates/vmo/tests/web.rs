@@ -1,0 +1,104 @@
+//! The web UI through real headless Chromium against a real `vmo up` (with its agent and QEMU):
+//! `web/tests/smoke.mjs` (playwright-core) signs in, watches the VM list update live, starts and
+//! stops a VM. Screenshots are kept in `target/web-artifacts/`. Skips, saying why, where Chromium,
+//! node or the built UI are missing, unless `VMO_REQUIRE_WEB` is set (the test script sets it).
+
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vmo_testkit::{test_guest, KeptDir, VmoProcess};
+
+fn vmo() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vmo"))
+}
+
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web")
+}
+
+/// Why the browser test cannot run here, if it cannot.
+fn missing() -> Option<String> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Some(format!(
+            "{chromium} is not installed (apt install chromium)"
+        ));
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Some("node is not installed (scripts/build-web.sh installs it)".into());
+    }
+    if !web_dir().join("node_modules/playwright-core").exists()
+        || !web_dir().join("dist/index.html").exists()
+    {
+        return Some("the web UI is not built (run scripts/build-web.sh, then build vmo)".into());
+    }
+    None
+}
+
+fn vm_json(name: &str, guest: &Path) -> serde_json::Value {
+    json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"runStrategy": "Halted", "template": {"spec": {
+            "terminationGracePeriodSeconds": 5,
+            "domain": {
+                "memory": {"guest": "128Mi"},
+                "firmware": {"kernelBoot": {
+                    "kernelArgs": "console=ttyS0 quiet no_timer_check vmo.netwait=0",
+                    "container": {
+                        "kernelPath": vmo_testkit::guest_kernel(guest).display().to_string(),
+                        "initrdPath": guest.join("initrd.img").display().to_string()
+                    }
+                }},
+                "devices": {}
+            }
+        }}}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_ui_signs_in_lists_vms_live_and_starts_and_stops_one() {
+    if let Some(why) = missing() {
+        assert!(
+            std::env::var_os("VMO_REQUIRE_WEB").is_none(),
+            "VMO_REQUIRE_WEB is set but {why}"
+        );
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let Some(guest) = test_guest() else { return };
+    let dir = KeptDir::new("vmo-web-");
+    let up = VmoProcess::start(vmo(), &dir.path().join("data")).await;
+    let client = up.client();
+    let kind = *vmo_api::Registry::builtin()
+        .resolve("virtualmachines")
+        .unwrap();
+    client
+        .create(&kind, "default", &vm_json("demo", &guest))
+        .await
+        .expect("create demo");
+    let second = dir.path().join("second-vm.json");
+    std::fs::write(&second, vm_json("created-later", &guest).to_string()).unwrap();
+    let token = vmo_client::kubeconfig::load(&up.kubeconfig)
+        .expect("kubeconfig")
+        .token;
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/web-artifacts");
+    let out = Command::new("node")
+        .current_dir(web_dir())
+        .arg("tests/smoke.mjs")
+        .arg(client.server())
+        .arg(&token)
+        .arg(&artifacts)
+        .arg(&second)
+        .output()
+        .expect("run node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("smoke: ok"), "{text}");
+    for shot in ["signin.png", "vms.png"] {
+        assert!(artifacts.join(shot).exists(), "screenshot {shot}");
+    }
+}
