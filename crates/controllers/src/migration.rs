@@ -26,7 +26,7 @@ use vmo_api::kinds::kubevirt::VmiSpec;
 use vmo_api::kinds::migration::{
     phase, MigrationConfiguration, MigrationState, MIGRATION_FINALIZER,
 };
-use vmo_api::kinds::settings::{ClusterSettingsSpec, CLUSTER_SETTINGS_NAME};
+use vmo_api::kinds::settings::ClusterSettingsSpec;
 use vmo_api::meta::{now_rfc3339, parse_rfc3339, unix_now};
 use vmo_api::{KindInfo, Object, Registry};
 use vmo_client::events::{EventType, Recorder};
@@ -104,11 +104,7 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
 
 /// The cluster's migration settings.
 pub fn configuration(settings: &Cache) -> MigrationConfiguration {
-    let object = settings
-        .select(|o| o.metadata.name == CLUSTER_SETTINGS_NAME)
-        .into_iter()
-        .next();
-    ClusterSettingsSpec::of(object.as_ref()).migrations
+    ClusterSettingsSpec::among(&settings.list()).migrations
 }
 
 fn ready(nodes: &[Object], name: &str) -> bool {

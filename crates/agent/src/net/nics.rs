@@ -91,6 +91,7 @@ impl Network {
         run_dir: &Path,
     ) -> Result<Vec<NicPlan>, AttachError> {
         let ports = hotplugged(vmi);
+        let mut settings = None;
         let mut plans = Vec::new();
         for (i, nic) in spec.domain.devices.interfaces.iter().enumerate() {
             if nic.extra.get("state").and_then(Value::as_str)
@@ -98,14 +99,17 @@ impl Network {
             {
                 continue;
             }
-            let mut plan = self.attach_nic(client, vmi, spec, i, run_dir).await?;
+            let mut plan = self
+                .attach_nic(client, vmi, spec, i, run_dir, &mut settings)
+                .await?;
             plan.port = ports.get(&nic.name).cloned();
             plans.push(plan);
         }
         Ok(plans)
     }
 
-    /// Attaches interface `i` of the instance.
+    /// Attaches interface `i` of the instance; `settings` holds the cluster settings once read
+    /// (read here on the first VLAN NIC that needs them).
     pub async fn attach_nic(
         &self,
         client: &Client,
@@ -113,6 +117,7 @@ impl Network {
         spec: &VmiSpec,
         i: usize,
         run_dir: &Path,
+        settings: &mut Option<ClusterSettingsSpec>,
     ) -> Result<NicPlan, AttachError> {
         let nic = &spec.domain.devices.interfaces[i];
         let field = format!("spec.domain.devices.interfaces[{i}]");
@@ -151,7 +156,10 @@ impl Network {
                 NicBackend::Tap(tap)
             }
         } else if let Some(multus) = &network.multus {
-            let settings = cluster_settings(client).await;
+            if settings.is_none() {
+                *settings = Some(cluster_settings(client).await);
+            }
+            let settings = settings.as_ref().expect("just read");
             let attachment = attachment(client, vmi, &multus.network_name).await?;
             let admitted =
                 admit_attachment(&attachment, &vmi.metadata.namespace, &settings.network).map_err(

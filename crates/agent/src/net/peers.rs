@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use vmo_api::kinds::network::{Cidr, POD_NETWORK_ANNOTATION, VLAN_DATAPATH_ANNOTATION};
-use vmo_api::kinds::settings::{ClusterSettingsSpec, CLUSTER_SETTINGS_NAME};
+use vmo_api::kinds::settings::ClusterSettingsSpec;
 use vmo_api::{Object, Registry};
 use vmo_client::{informer, Client};
 
@@ -47,11 +47,7 @@ pub async fn run(client: Client, network: Arc<Network>, node_name: String) {
         if !nodes.synced() || !settings.synced() {
             continue;
         }
-        let spec = ClusterSettingsSpec::of(
-            settings
-                .select(|o| o.metadata.name == CLUSTER_SETTINGS_NAME)
-                .first(),
-        );
+        let spec = ClusterSettingsSpec::among(&settings.list());
         let all = nodes.list();
         let me = all.iter().find(|n| n.metadata.name == node_name);
         let mut error = String::new();

@@ -123,7 +123,7 @@ impl Runner {
             .ok_or_else(|| format!("all {HOTPLUG_PORTS} hot-plug ports are in use"))?;
         let nic = self
             .network
-            .attach_nic(&self.client, vmi, spec, i, run_dir)
+            .attach_nic(&self.client, vmi, spec, i, run_dir, &mut None)
             .await
             .map_err(|e| match e {
                 crate::net::nics::AttachError::Wait { message, .. } => message,

@@ -60,6 +60,16 @@ impl ClusterSettingsSpec {
             .and_then(|s| serde_json::from_value(s.clone()).ok())
             .unwrap_or_default()
     }
+
+    /// The settings among `objects` (a watch cache of ClusterSettings): the one named
+    /// [`CLUSTER_SETTINGS_NAME`], else defaults.
+    pub fn among(objects: &[Object]) -> Self {
+        Self::of(
+            objects
+                .iter()
+                .find(|o| o.metadata.name == CLUSTER_SETTINGS_NAME),
+        )
+    }
 }
 
 /// KubeVirt's eviction strategies.

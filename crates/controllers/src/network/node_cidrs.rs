@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use vmo_api::kinds::network::{Cidr, POD_NETWORK_ANNOTATION};
-use vmo_api::kinds::settings::{ClusterSettingsSpec, CLUSTER_SETTINGS_NAME};
+use vmo_api::kinds::settings::ClusterSettingsSpec;
 use vmo_api::{Object, Registry};
 use vmo_client::events::{EventType, Recorder};
 use vmo_client::Client;
@@ -43,11 +43,7 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
         if !nodes.synced() || !settings.synced() {
             continue;
         }
-        let spec = ClusterSettingsSpec::of(
-            settings
-                .select(|o| o.metadata.name == CLUSTER_SETTINGS_NAME)
-                .first(),
-        );
+        let spec = ClusterSettingsSpec::among(&settings.list());
         let all = nodes.list();
         let plan = assign(
             &all,
