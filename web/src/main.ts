@@ -1,16 +1,42 @@
-// vmo's web UI: sign-in with a token, a namespace switcher, sign-out, and the VMs view kept live
-// by watches. Everything it loads comes from the vmo server; nothing from the internet.
+// vmo's web UI: sign-in with a token, the shell (navigation, namespace switcher, sign-out) and the
+// views, each kept live by watches. Everything it loads comes from the vmo server; nothing from
+// the internet.
 
 import { ApiError, call, setToken, token } from "./api";
 import { el } from "./dom";
-import { vmsView } from "./vms";
+import { Context, currentPath, link, match, Route, View } from "./router";
+import { consoleView } from "./views/console";
+import { createView } from "./views/create";
+import { dashboardView } from "./views/dashboard";
+import { imagesView } from "./views/images";
+import { networksView } from "./views/networks";
+import { nodesView } from "./views/nodes";
+import { storageView } from "./views/storage";
+import { vmdetailView } from "./views/vmdetail";
+import { vmsView } from "./views/vms";
+
+const ROUTES: Route[] = [
+  { pattern: "", title: "Dashboard", nav: true, view: dashboardView },
+  { pattern: "vms", title: "Virtual machines", nav: true, view: vmsView },
+  { pattern: "create", title: "Create VM", nav: true, view: createView },
+  { pattern: "vms/:name", title: "Virtual machine", view: vmdetailView },
+  { pattern: "vms/:name/console", title: "Console", view: consoleView },
+  { pattern: "images", title: "Images and volumes", nav: true, view: imagesView },
+  { pattern: "nodes", title: "Nodes", nav: true, view: nodesView },
+  { pattern: "networks", title: "Networks", nav: true, view: networksView },
+  { pattern: "storage", title: "Storage classes", nav: true, view: storageView },
+];
 
 const app = document.getElementById("app")!;
-let stopView: (() => void) | null = null;
+let current: View | null = null;
+
+function stopCurrent() {
+  current?.stop?.();
+  current = null;
+}
 
 function signIn(message = "") {
-  stopView?.();
-  stopView = null;
+  stopCurrent();
   const input = el("input", { id: "token", type: "password", autocomplete: "current-password", required: "" }) as HTMLInputElement;
   const error = el("p", { class: "error", role: "alert" }, message);
   const form = el(
@@ -47,30 +73,53 @@ async function shell() {
     return signIn(e instanceof ApiError && e.code === 401 ? "Your session ended: sign in again." : (e as Error).message);
   }
   const chosen = localStorage.getItem("vmo.namespace");
-  const current = chosen && namespaces.includes(chosen) ? chosen : namespaces.includes("default") ? "default" : namespaces[0] ?? "default";
+  let namespace = chosen && namespaces.includes(chosen) ? chosen : namespaces.includes("default") ? "default" : namespaces[0] ?? "default";
   const picker = el("select", { id: "namespace" }) as HTMLSelectElement;
   for (const ns of namespaces) {
     const option = el("option", { value: ns }, ns) as HTMLOptionElement;
-    option.selected = ns === current;
+    option.selected = ns === namespace;
     picker.append(option);
   }
-  const main = el("main");
-  const show = (ns: string) => {
-    stopView?.();
-    const view = vmsView(ns);
-    stopView = view.stop;
-    main.replaceChildren(view.node);
+  const main = el("main", { id: "main", tabindex: "-1" });
+  const nav = el("nav", { "aria-label": "Views" });
+  const navigate = (path: string, push = true) => {
+    if (push && path !== currentPath()) history.pushState(null, "", `/ui/${path}`);
+    show();
+  };
+  const ctx = { navigate };
+  for (const route of ROUTES.filter((r) => r.nav)) nav.append(link(ctx, route.pattern, route.title, { "data-path": route.pattern }));
+  const show = () => {
+    stopCurrent();
+    const path = currentPath();
+    const found = match(ROUTES, path);
+    for (const a of nav.querySelectorAll("a")) {
+      if (a.getAttribute("data-path") === path) a.setAttribute("aria-current", "page");
+      else a.removeAttribute("aria-current");
+    }
+    if (!found) {
+      main.replaceChildren(el("section", {}, el("h2", {}, "Not found"), el("p", {}, `vmo's UI has no page at /ui/${path}. `), link(ctx, "", "Go to the dashboard")));
+      return;
+    }
+    const context: Context = { namespace, namespaces, params: found.params, navigate };
+    current = found.route.view(context);
+    document.title = `${found.route.title} · vmo`;
+    main.replaceChildren(current.node);
   };
   picker.addEventListener("change", () => {
-    localStorage.setItem("vmo.namespace", picker.value);
-    show(picker.value);
+    namespace = picker.value;
+    localStorage.setItem("vmo.namespace", namespace);
+    // A VM's pages belong to its namespace: go back to the list of the new one.
+    if (currentPath().startsWith("vms/")) navigate("vms");
+    else show();
   });
   const signOut = el("button", { type: "button" }, "Sign out");
   signOut.addEventListener("click", () => {
     setToken(null);
     signIn();
   });
+  window.onpopstate = () => show();
   app.replaceChildren(
+    el("a", { class: "skip", href: "#main" }, "Skip to content"),
     el(
       "header",
       {},
@@ -80,9 +129,9 @@ async function shell() {
       el("p", { id: "toast", class: "muted", role: "status", "aria-live": "polite" }),
       signOut,
     ),
-    main,
+    el("div", { class: "layout" }, nav, main),
   );
-  show(current);
+  show();
 }
 
 if (token()) void shell();

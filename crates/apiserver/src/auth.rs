@@ -64,6 +64,29 @@ impl Authenticator {
     }
 }
 
+/// The websocket subprotocol prefix that carries a bearer token, as Kubernetes accepts it:
+/// browsers cannot set `Authorization` on a websocket, so the UI's consoles offer
+/// `base64url.bearer.authorization.k8s.io.<token, base64url without padding>`.
+pub const WEBSOCKET_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// `Bearer <token>` from a websocket request's subprotocols, if one carries a token.
+pub fn websocket_bearer(headers: &http::HeaderMap) -> Option<String> {
+    use base64::Engine;
+    headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(WEBSOCKET_BEARER_PREFIX))
+        .and_then(|encoded| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(encoded.trim_end_matches('='))
+                .ok()
+        })
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .map(|token| format!("Bearer {token}"))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -74,6 +97,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_websocket_subprotocol_carries_a_bearer_token() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "sec-websocket-protocol",
+            "plain.kubevirt.io, base64url.bearer.authorization.k8s.io.c2VjcmV0"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(websocket_bearer(&headers).as_deref(), Some("Bearer secret"));
+        headers.insert(
+            "sec-websocket-protocol",
+            "plain.kubevirt.io".parse().unwrap(),
+        );
+        assert_eq!(websocket_bearer(&headers), None);
+    }
 
     #[test]
     fn only_known_bearer_tokens_pass() {

@@ -219,8 +219,10 @@ impl ApiServer {
         let authorization = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if self.auth.authenticate(authorization).is_none() {
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| crate::auth::websocket_bearer(req.headers()));
+        if self.auth.authenticate(authorization.as_deref()).is_none() {
             return status_response(&Status::unauthorized());
         }
         let registry = self.service.registry();

@@ -5,8 +5,27 @@
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use std::path::Path;
 
 include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
+
+/// For working on the UI: serve `/ui` from this directory (`web/dist`) at request time instead
+/// of the files embedded at build time, so a rebuilt UI needs no rebuilt server.
+pub const DEV_DIR_ENV: &str = "VMO_UI_DIR";
+
+/// `wanted` (or, for view URLs, the page) from `dir`; never a path outside it.
+fn from_dir(dir: &Path, wanted: &str) -> Option<(String, Vec<u8>)> {
+    if wanted
+        .split('/')
+        .any(|part| part == ".." || part.is_empty())
+    {
+        return None;
+    }
+    std::fs::read(dir.join(wanted))
+        .map(|bytes| (wanted.to_string(), bytes))
+        .or_else(|_| std::fs::read(dir.join("index.html")).map(|b| ("index.html".into(), b)))
+        .ok()
+}
 
 fn content_type(path: &str) -> &'static str {
     match path.rsplit('.').next() {
@@ -37,6 +56,11 @@ pub fn serve(path: &str) -> Response<crate::server::Body> {
             .expect("a valid response")
     };
     let wanted = if path.is_empty() { "index.html" } else { path };
+    if let Some(dir) = std::env::var_os(DEV_DIR_ENV) {
+        if let Some((p, bytes)) = from_dir(Path::new(&dir), wanted) {
+            return body(StatusCode::OK, content_type(&p), Bytes::from(bytes));
+        }
+    }
     let found = ASSETS
         .iter()
         .find(|(p, _)| *p == wanted)

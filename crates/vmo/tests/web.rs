@@ -35,29 +35,11 @@ fn missing() -> Option<String> {
     None
 }
 
-fn vm_json(name: &str, guest: &Path) -> serde_json::Value {
-    json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"runStrategy": "Halted", "template": {"spec": {
-            "terminationGracePeriodSeconds": 5,
-            "domain": {
-                "memory": {"guest": "128Mi"},
-                "firmware": {"kernelBoot": {
-                    "kernelArgs": "console=ttyS0 quiet no_timer_check vmo.netwait=0",
-                    "container": {
-                        "kernelPath": vmo_testkit::guest_kernel(guest).display().to_string(),
-                        "initrdPath": guest.join("initrd.img").display().to_string()
-                    }
-                }},
-                "devices": {}
-            }
-        }}}
-    })
-}
+/// A screenshot of each main view, which the scenarios save.
+const SCREENSHOTS: &[&str] = &["signin.png", "vms.png"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_web_ui_signs_in_lists_vms_live_and_starts_and_stops_one() {
+async fn the_web_ui_in_chromium() {
     if let Some(why) = missing() {
         assert!(
             std::env::var_os("VMO_REQUIRE_WEB").is_none(),
@@ -69,27 +51,29 @@ async fn the_web_ui_signs_in_lists_vms_live_and_starts_and_stops_one() {
     let Some(guest) = test_guest() else { return };
     let dir = KeptDir::new("vmo-web-");
     let up = VmoProcess::start(vmo(), &dir.path().join("data")).await;
-    let client = up.client();
-    let kind = *vmo_api::Registry::builtin()
-        .resolve("virtualmachines")
-        .unwrap();
-    client
-        .create(&kind, "default", &vm_json("demo", &guest))
-        .await
-        .expect("create demo");
-    let second = dir.path().join("second-vm.json");
-    std::fs::write(&second, vm_json("created-later", &guest).to_string()).unwrap();
+    let fixtures = dir.path().join("fixtures.json");
+    std::fs::write(
+        &fixtures,
+        json!({
+            "kernel": vmo_testkit::guest_kernel(&guest),
+            "initrd": guest.join("initrd.img"),
+            "kernelArgs": "console=ttyS0 quiet no_timer_check vmo.netwait=0",
+            "disk": guest.join("disk.qcow2"),
+        })
+        .to_string(),
+    )
+    .unwrap();
     let token = vmo_client::kubeconfig::load(&up.kubeconfig)
         .expect("kubeconfig")
         .token;
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/web-artifacts");
     let out = Command::new("node")
         .current_dir(web_dir())
-        .arg("tests/smoke.mjs")
-        .arg(client.server())
+        .arg("tests/run.mjs")
+        .arg(up.client().server())
         .arg(&token)
         .arg(&artifacts)
-        .arg(&second)
+        .arg(&fixtures)
         .output()
         .expect("run node");
     let text = format!(
@@ -97,8 +81,11 @@ async fn the_web_ui_signs_in_lists_vms_live_and_starts_and_stops_one() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && text.contains("smoke: ok"), "{text}");
-    for shot in ["signin.png", "vms.png"] {
+    assert!(
+        out.status.success() && text.contains("web ui: ok"),
+        "{text}"
+    );
+    for shot in SCREENSHOTS {
         assert!(artifacts.join(shot).exists(), "screenshot {shot}");
     }
 }

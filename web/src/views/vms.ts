@@ -1,8 +1,9 @@
 // The VMs view: a table of the namespace's VirtualMachines joined with their instances (node,
 // addresses), with search and sort, kept live by watches, and the lifecycle actions.
 
-import { call, collectionPath, Obj, Watch } from "./api";
-import { el, age, toast } from "./dom";
+import { call, collectionPath, Obj, Watch } from "../api";
+import { el, age, toast } from "../dom";
+import { Context, link, View } from "../router";
 
 type Row = { name: string; status: string; node: string; ips: string; cpu: number; memory: string; created: string; vm: Obj };
 
@@ -34,7 +35,8 @@ function memory(vm: Obj): string {
   return d.memory?.guest ?? d.resources?.requests?.memory ?? "";
 }
 
-export function vmsView(namespace: string): { node: HTMLElement; stop: () => void } {
+export function vmsView(ctx: Context): View {
+  const namespace = ctx.namespace;
   let search = "";
   let sortBy: keyof Row = "name";
   let ascending = true;
@@ -57,7 +59,7 @@ export function vmsView(namespace: string): { node: HTMLElement; stop: () => voi
   }
   head.append(el("th", { scope: "col" }, "Actions"));
   const table = el("table", { "aria-label": "Virtual machines" }, el("thead", {}, head), body);
-  const node = el("section", {}, el("div", { class: "toolbar" }, el("h2", {}, "Virtual machines"), filter, count), table);
+  const node = el("section", {}, el("div", { class: "toolbar" }, el("h2", {}, "Virtual machines"), filter, count, link(ctx, "create", "Create VM", { class: "button primary" })), table);
 
   const render = () => {
     const instances = vmis.objects;
@@ -103,7 +105,7 @@ export function vmsView(namespace: string): { node: HTMLElement; stop: () => voi
         return el(
           "tr",
           { "data-vm": r.name },
-          el("td", {}, r.name),
+          el("td", {}, link(ctx, `vms/${encodeURIComponent(r.name)}`, r.name)),
           el("td", { class: `status ${r.status}` }, r.status),
           el("td", {}, r.node),
           el("td", {}, r.ips),

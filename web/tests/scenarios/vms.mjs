@@ -1,0 +1,31 @@
+// The VM list: shows the namespace's VMs, a VM created elsewhere appears without a reload, search
+// narrows the table, Start runs a VM (Running) and Stop stops it (Stopped).
+import { api, kernelBootVm } from "../lib.mjs";
+
+export default async function (t) {
+  const { page, step } = t;
+  await page.getByRole("link", { name: "Virtual machines" }).click();
+  await api(t, "POST", "/apis/kubevirt.io/v1/namespaces/default/virtualmachines", kernelBootVm(t, "demo"));
+  const demo = page.locator('tr[data-vm="demo"]');
+  await demo.locator("td.status").filter({ hasText: /^(Stopped|Halted)$/ }).waitFor();
+
+  step("vms: a VM created elsewhere appears without a reload");
+  const created = await api(t, "POST", "/apis/kubevirt.io/v1/namespaces/default/virtualmachines", kernelBootVm(t, "created-later"));
+  if (created.status !== 201) throw new Error(`creating the VM answered ${created.status}: ${JSON.stringify(created.body)}`);
+  await page.locator('tr[data-vm="created-later"]').waitFor();
+
+  step("vms: search narrows the table");
+  await page.getByLabel("Search VMs").fill("created-later");
+  await demo.waitFor({ state: "detached" });
+  await page.getByLabel("Search VMs").fill("");
+  await demo.waitFor();
+
+  step("vms: Start runs the VM and the table shows it Running");
+  await page.getByRole("button", { name: "Start demo", exact: true }).click();
+  await demo.locator("td.status").filter({ hasText: /^Running$/ }).waitFor({ timeout: 120000 });
+  await page.screenshot({ path: `${t.artifacts}/vms.png` });
+
+  step("vms: Stop stops it and the table shows it Stopped");
+  await page.getByRole("button", { name: "Stop demo", exact: true }).click();
+  await demo.locator("td.status").filter({ hasText: /^Stopped$/ }).waitFor({ timeout: 120000 });
+}
