@@ -3,13 +3,14 @@
 # at request time (VMO_UI_DIR), so `npm run build` in web/ is enough to see a change; writes
 # DIR/fixtures.json for the end-to-end scenarios and prints how to run them.
 #
-# Usage: scripts/web-dev.sh DIR    (stop with: kill $(cat DIR/vmo.pid))
+# Usage: scripts/web-dev.sh DIR [UI_DIR]    (stop with: kill $(cat DIR/vmo.pid))
+#   UI_DIR: where the UI is built (default web/dist; `OUT_DIR=UI_DIR npm run build` builds there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$(realpath -m "${1:?usage: scripts/web-dev.sh DIR}")
 mkdir -p "$dir"
 rm -f "$dir/data/kubeconfig"
-VMO_UI_DIR="$PWD/web/dist" VMO_LOG=info setsid target/debug/vmo up --listen 127.0.0.1:0 \
+VMO_UI_DIR=$(realpath -m "${2:-web/dist}") VMO_LOG=info setsid target/debug/vmo up --listen 127.0.0.1:0 \
     --data-dir "$dir/data" --pod-network user >"$dir/vmo.log" 2>&1 &
 echo $! >"$dir/vmo.pid"
 for _ in $(seq 1 100); do

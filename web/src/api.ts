@@ -120,3 +120,8 @@ export class Watch {
     }
   }
 }
+
+/** The path of one object: `collectionPath(...)/name`. */
+export function objectPath(group: string, version: string, plural: string, namespace: string | undefined, name: string): string {
+  return `${collectionPath(group, version, plural, namespace)}/${encodeURIComponent(name)}`;
+}
