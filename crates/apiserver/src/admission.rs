@@ -1,7 +1,8 @@
 //! Admission checks that read other objects, run after an object's own validation on create and
-//! update: a VM's NICs may join only attachments it may use and VLANs the cluster allows, and the
-//! default network's range may not cover a node's address. An attachment that does not exist yet
-//! is accepted (manifests may be applied in any order); the instance then waits for it.
+//! update: a VM's NICs may join only attachments it may use and VLANs the cluster allows, a VM's
+//! instance type must exist, and the default network's range may not cover a node's address. An
+//! attachment that does not exist yet is accepted (manifests may be applied in any order); the
+//! instance then waits for it.
 
 use crate::service::{ListOptions, ResourceService};
 use vmo_api::kinds::kubevirt::{decode_at, VmiSpec};
@@ -14,7 +15,11 @@ impl ResourceService {
     /// Refuses `obj` when it conflicts with objects already stored.
     pub(crate) async fn admit(&self, kind: &KindInfo, obj: &Object) -> Result<(), Status> {
         let errors = match kind.kind {
-            "VirtualMachine" => self.admit_networks(obj, "spec.template.spec").await?,
+            "VirtualMachine" => {
+                let mut errors = self.admit_networks(obj, "spec.template.spec").await?;
+                errors.extend(self.admit_instancetype(obj).await?);
+                errors
+            }
             "VirtualMachineInstance" => self.admit_networks(obj, "spec").await?,
             "ClusterSettings" => self.admit_settings(obj).await?,
             _ => Vec::new(),
@@ -77,6 +82,34 @@ impl ResourceService {
             }
         }
         Ok(errors)
+    }
+
+    /// A VM may only name an instance type that exists, as KubeVirt refuses it: its size would
+    /// otherwise be unknown until it fails to start.
+    async fn admit_instancetype(&self, obj: &Object) -> Result<Vec<FieldError>, Status> {
+        let Some((kind, name)) = vmo_api::kinds::instancetype::reference(obj.spec()) else {
+            return Ok(Vec::new());
+        };
+        let Some(info) = self
+            .registry()
+            .resolve(&format!("{}s", kind.to_lowercase()))
+        else {
+            return Ok(Vec::new()); // validation names the unknown kind
+        };
+        let namespace = if info.namespaced {
+            obj.metadata.namespace.as_str()
+        } else {
+            ""
+        };
+        match self.get(info, namespace, name).await {
+            Ok(_) => Ok(Vec::new()),
+            Err(s) if s.code == 404 => Ok(vec![FieldError::invalid(
+                "spec.instancetype.name",
+                name,
+                format!("no {kind} named {name:?} exists"),
+            )]),
+            Err(s) => Err(s),
+        }
     }
 
     async fn admit_settings(&self, obj: &Object) -> Result<Vec<FieldError>, Status> {

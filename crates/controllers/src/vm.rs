@@ -59,6 +59,7 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
     let dvs = informer::start(client.clone(), dv_kind, changed.clone(), |event, _| {
         event != "MODIFIED"
     });
+    tokio::spawn(seed_instancetypes(client.clone()));
     let recorder = Recorder::new(client.clone(), "vmo-vm-controller", "");
     let mut retries: std::collections::HashMap<String, (u32, tokio::time::Instant)> =
         Default::default();
@@ -261,8 +262,13 @@ async fn reconcile(
     });
     match (&vmi, strategy.as_str()) {
         (None, _) if !deleting && wants_instance(vm, &strategy, start_requested) => {
+            let mut instance = instance_for(vm);
+            if let Some((kind, name)) = vmo_api::kinds::instancetype::reference(vm.spec()) {
+                let size = sized_by(client, recorder, vm, kind, name).await?;
+                vmo_api::kinds::instancetype::apply(&mut instance["spec"], &size);
+            }
             // Report what was just done, not the cache's older view.
-            let created = client.create(vmi_kind, ns, &instance_for(vm)).await?;
+            let created = client.create(vmi_kind, ns, &instance).await?;
             let message = format!(
                 "Started the virtual machine by creating the new virtual machine instance {}",
                 created.metadata.name
@@ -318,6 +324,73 @@ async fn reconcile(
     }
     let vmi = now.unwrap_or(vmi);
     write_status(client, recorder, vm_kind, vm, vmi.as_ref(), &strategy).await
+}
+
+/// Gives a cluster without cluster instance types the common sizes (u1.nano ... u1.2xlarge),
+/// retrying until the server takes them.
+async fn seed_instancetypes(client: Client) {
+    use vmo_api::kinds::instancetype::{common, COMMON};
+    let registry = vmo_api::Registry::builtin();
+    let kind = registry
+        .resolve("virtualmachineclusterinstancetypes")
+        .expect("instance types are registered");
+    loop {
+        match client.list(kind, None, "limit=1").await {
+            Ok(list) if !list.items.is_empty() => return,
+            Ok(_) => {
+                let mut done = true;
+                for (name, cpus, memory) in COMMON {
+                    match client.create(kind, "", &common(name, *cpus, memory)).await {
+                        Ok(_) => {}
+                        Err(e) if e.is_conflict() => {}
+                        Err(e) => {
+                            tracing::warn!(instancetype = name, error = %e, "could not create a common instance type");
+                            done = false;
+                        }
+                    }
+                }
+                if done {
+                    tracing::info!("created the common instance types");
+                    return;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "listing instance types failed; will retry"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The instance type (`kind`, `name`) a VM is sized by; a missing one is reported on the VM (and
+/// the start retried with backoff, so creating the instance type later starts the VM).
+async fn sized_by(
+    client: &Client,
+    recorder: &Recorder,
+    vm: &Object,
+    kind: &str,
+    name: &str,
+) -> Result<Object, ClientError> {
+    let registry = vmo_api::Registry::builtin();
+    let Some(info) = registry.resolve(&format!("{}s", kind.to_lowercase())) else {
+        // Validation refuses unknown kinds; an older object may still hold one.
+        return Err(ClientError::Decode(format!(
+            "unknown instance type kind {kind}"
+        )));
+    };
+    let namespace = if info.namespaced {
+        vm.metadata.namespace.as_str()
+    } else {
+        ""
+    };
+    match client.get(info, namespace, name).await {
+        Err(e) if e.is_not_found() => {
+            let message = format!("cannot start: the {kind} {name} does not exist");
+            recorder
+                .record(vm, EventType::Warning, "FailedCreate", &message)
+                .await;
+            Err(e)
+        }
+        other => other,
+    }
 }
 
 /// Carries NICs added to (or marked absent in) the template of a running VM over to its instance,

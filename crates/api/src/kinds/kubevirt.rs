@@ -688,7 +688,7 @@ fn validate_vm(o: &Object) -> Vec<FieldError> {
         Ok(s) => s,
         Err(e) => return vec![e],
     };
-    let mut errors = Vec::new();
+    let mut errors = super::instancetype::validate_reference(&spec_value);
     if spec.running.is_some() && spec.run_strategy.is_some() {
         errors.push(FieldError::invalid(
             "spec.running",
@@ -736,7 +736,13 @@ fn validate_vm(o: &Object) -> Vec<FieldError> {
                     errors.extend(validation::label_value(&path, v));
                 }
             }
-            errors.extend(validate_vmi_spec(&template.spec, "spec.template.spec"));
+            let mut instance = template.spec.clone();
+            if super::instancetype::reference(&spec_value).is_some() {
+                // The instance type supplies the memory: check the rest as the instance has it.
+                let memory = instance.domain.memory.get_or_insert_with(Default::default);
+                memory.guest.get_or_insert(QuantityText("1Mi".into()));
+            }
+            errors.extend(validate_vmi_spec(&instance, "spec.template.spec"));
         }
     }
     errors

@@ -6,6 +6,7 @@ pub mod cdi;
 pub mod coordination;
 pub mod core;
 pub mod hotplug;
+pub mod instancetype;
 pub mod kubevirt;
 pub mod migration;
 pub mod network;
@@ -139,6 +140,7 @@ impl Registry {
         kinds.extend(core::kinds());
         kinds.extend(coordination::kinds());
         kinds.extend(kubevirt::kinds());
+        kinds.extend(instancetype::kinds());
         kinds.extend(migration::kinds());
         kinds.extend(settings::kinds());
         kinds.extend(storage::kinds());
