@@ -8,6 +8,7 @@ pub mod agent_proxy;
 pub mod auth;
 pub mod console;
 pub mod discovery;
+pub mod extension;
 pub mod lifecycle;
 pub mod metrics;
 pub mod openapi;

@@ -66,6 +66,7 @@ pub struct ApiServer {
     settings: ServerSettings,
     watch_lines: Arc<watch::LineCache>,
     metrics: crate::metrics::Metrics,
+    extensions: std::sync::RwLock<Vec<Arc<dyn crate::extension::Extension>>>,
 }
 
 fn json_response(code: u16, value: &impl serde::Serialize) -> Response<Body> {
@@ -98,7 +99,51 @@ impl ApiServer {
             settings,
             watch_lines: Arc::default(),
             metrics: Default::default(),
+            extensions: Default::default(),
         })
+    }
+
+    /// Serves `extension` from now on (see [`crate::extension`]).
+    pub fn extend(&self, extension: Arc<dyn crate::extension::Extension>) {
+        self.extensions
+            .write()
+            .expect("extensions lock")
+            .push(extension);
+    }
+
+    async fn extension(
+        &self,
+        req: Request<Incoming>,
+        path: ResourcePath,
+    ) -> Result<Response<Body>, Status> {
+        let (Some(name), Some(sub)) = (&path.name, &path.subresource) else {
+            return Err(not_found_route());
+        };
+        let found = self
+            .extensions
+            .read()
+            .expect("extensions lock")
+            .iter()
+            .find(|e| e.path() == (path.plural.as_str(), sub.as_str()))
+            .cloned()
+            .ok_or_else(not_found_route)?;
+        let query = routes::query(req.uri().query());
+        let method = req.method().clone();
+        let bytes = read_body(req).await?;
+        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Status::bad_request(format!("the body is not JSON: {e}")))?
+        };
+        let call = crate::extension::ExtensionCall {
+            method,
+            namespace: path.namespace.clone(),
+            name: name.clone(),
+            dry_run: query.get("dryRun").is_some_and(|v| v == "All"),
+            body,
+        };
+        Ok(json_response(200, &found.call(call).await?))
     }
 
     /// The resource service, for in-process callers (bootstrap, tests).
@@ -311,6 +356,9 @@ impl ApiServer {
         req: Request<Incoming>,
         path: ResourcePath,
     ) -> Result<Response<Body>, Status> {
+        if path.group == crate::extension::GROUP {
+            return self.extension(req, path).await;
+        }
         if path.group == "subresources.kubevirt.io" {
             if crate::console::is_stream(&path) {
                 let proxy = self.settings.agent_proxy.as_ref();

@@ -4,6 +4,7 @@
 //! controller and the snapshot controller (VM snapshots, restores, clones) and the
 //! network controllers.
 
+pub mod drain;
 pub mod garbage_collector;
 pub mod migration;
 pub use vmo_client::informer;

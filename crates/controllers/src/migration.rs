@@ -649,3 +649,26 @@ fn phase_since(m: &Object) -> Option<i64> {
         .as_str()
         .and_then(parse_rfc3339)
 }
+
+/// Asks for `vmi` (in `ns`) to be live-migrated, to `target_node` or wherever the scheduler
+/// chooses: creates a VirtualMachineInstanceMigration (named `<vmi>-migration-<random>`).
+pub async fn request_migration(
+    client: &Client,
+    ns: &str,
+    vmi: &str,
+    target_node: Option<&str>,
+) -> Result<Object, vmo_client::ClientError> {
+    let registry = vmo_api::Registry::builtin();
+    let kind = registry.resolve("vmim").expect("migrations are registered");
+    let mut spec = json!({ "vmiName": vmi });
+    if let Some(node) = target_node {
+        spec["addedNodeSelector"] = json!({ "kubernetes.io/hostname": node });
+    }
+    let body = json!({
+        "apiVersion": kind.api_version(),
+        "kind": kind.kind,
+        "metadata": {"generateName": format!("{vmi}-migration-"), "namespace": ns},
+        "spec": spec,
+    });
+    client.create(kind, ns, &body).await
+}

@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod datadir;
+mod extensions;
 mod paths;
 mod sim;
 mod up;

@@ -98,6 +98,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let kubeconfig = vmo_client::kubeconfig::render("vmo", &url, &ca_pem, &admin_token);
     vmo_apiserver::pki::write_private(&kubeconfig_path, kubeconfig.as_bytes())?;
     let client = vmo_client::Client::from_kubeconfig(&kubeconfig_path)?;
+    crate::extensions::register(&server, &client);
     let agent_config = (!args.no_agent).then(|| {
         args.node.config(
             dir.join("agent"),

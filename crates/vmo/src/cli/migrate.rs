@@ -4,7 +4,6 @@
 use super::Context;
 use anyhow::{bail, Context as _};
 use clap::Args;
-use serde_json::json;
 use std::time::Duration;
 use vmo_api::kinds::migration::{phase, MigrationState};
 use vmo_api::{Object, Registry};
@@ -23,28 +22,6 @@ pub struct MigrateArgs {
     /// With --wait: give up waiting after this many seconds (the migration goes on).
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
-}
-
-/// Creates a migration of `vmi` in `ns`; returns the migration object.
-pub async fn create_migration(
-    client: &Client,
-    ns: &str,
-    vmi: &str,
-    target_node: Option<&str>,
-) -> anyhow::Result<Object> {
-    let registry = Registry::builtin();
-    let kind = registry.resolve("vmim").expect("migrations are registered");
-    let mut spec = json!({ "vmiName": vmi });
-    if let Some(node) = target_node {
-        spec["addedNodeSelector"] = json!({ "kubernetes.io/hostname": node });
-    }
-    let body = json!({
-        "apiVersion": kind.api_version(),
-        "kind": kind.kind,
-        "metadata": {"generateName": format!("{vmi}-migration-"), "namespace": ns},
-        "spec": spec,
-    });
-    Ok(client.create(kind, ns, &body).await?)
 }
 
 /// Waits for migration `name` to end; returns its last state, or an error if it failed.
@@ -97,9 +74,14 @@ pub fn migration_message(m: &Object) -> String {
 pub async fn run(ctx: &Context, args: MigrateArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
     let ns = ctx.namespace(&client);
-    let m = create_migration(&client, &ns, &args.name, args.target_node.as_deref())
-        .await
-        .with_context(|| format!("migrating VM {}", args.name))?;
+    let m = vmo_controllers::migration::request_migration(
+        &client,
+        &ns,
+        &args.name,
+        args.target_node.as_deref(),
+    )
+    .await
+    .with_context(|| format!("migrating VM {}", args.name))?;
     let name = m.metadata.name.clone();
     println!(
         "VM {} was scheduled to migrate (migration {name})",

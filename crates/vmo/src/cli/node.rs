@@ -9,19 +9,18 @@
 //! and why, before anything is touched; a drain with an immovable `LiveMigrate` VM refuses to
 //! start.
 
-use super::migrate::{create_migration, migration_message};
+use super::migrate::migration_message;
 use super::Context;
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use vmo_api::kinds::migration::phase;
-use vmo_api::kinds::settings::{ClusterSettingsSpec, CLUSTER_SETTINGS_NAME};
 use vmo_api::{Object, Registry};
 use vmo_client::Client;
-use vmo_controllers::migration::{blockers, choose_target};
-use vmo_controllers::scheduler::VolumeIndex;
+use vmo_controllers::drain::{
+    evict, load, on_node, plan_drain, set_unschedulable, ClusterView, Eviction, Plan,
+};
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
@@ -50,131 +49,6 @@ pub struct DrainArgs {
     pub timeout: u64,
 }
 
-/// What draining does to one instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    Migrate { target: String },
-    Stop { why: String },
-    Leave { why: String },
-    Blocked { why: String },
-}
-
-/// One instance on the node and its fate.
-#[derive(Debug, Clone)]
-pub struct Eviction {
-    pub vmi: Object,
-    pub strategy: String,
-    pub plan: Plan,
-}
-
-/// Decides each instance's fate (no writes).
-pub fn plan_drain(
-    node: &str,
-    nodes: &[Object],
-    vmis: &[Object],
-    settings: &ClusterSettingsSpec,
-    volumes: &VolumeIndex,
-) -> Vec<Eviction> {
-    let source = nodes.iter().find(|n| n.metadata.name == node);
-    let mut out = Vec::new();
-    // Targets fill up as the plan goes on: later VMs see earlier ones' reservations.
-    let mut planned: Vec<Object> = vmis.to_vec();
-    for vmi in vmis.iter().filter(|v| on_node(v, node)) {
-        let strategy = settings.eviction_strategy_for(vmi.spec()["evictionStrategy"].as_str());
-        let migrate = || {
-            let blocked = blockers(vmi, source, volumes);
-            if !blocked.is_empty() {
-                return Err(blocked.join("; "));
-            }
-            choose_target(vmi, node, &BTreeMap::new(), nodes, &planned)
-                .map_err(|why| format!("no node can take it: {why}"))
-        };
-        let plan = match strategy.as_str() {
-            "LiveMigrate" => match migrate() {
-                Ok(target) => Plan::Migrate { target },
-                Err(why) => Plan::Blocked { why },
-            },
-            "LiveMigrateIfPossible" => match migrate() {
-                Ok(target) => Plan::Migrate { target },
-                Err(why) => Plan::Stop {
-                    why: format!("cannot live-migrate ({why})"),
-                },
-            },
-            "External" => Plan::Leave {
-                why: "evictionStrategy External: left to an external controller".into(),
-            },
-            _ => Plan::Stop {
-                why: "evictionStrategy None".into(),
-            },
-        };
-        if let Plan::Migrate { target } = &plan {
-            if let Some(p) = planned
-                .iter_mut()
-                .find(|p| p.metadata.uid == vmi.metadata.uid)
-            {
-                p.body.entry("status").or_insert_with(|| json!({}))["migrationState"] =
-                    json!({"migrationUid": "planned", "sourceNode": node, "targetNode": target});
-            }
-        }
-        out.push(Eviction {
-            vmi: vmi.clone(),
-            strategy,
-            plan,
-        });
-    }
-    out
-}
-
-fn on_node(vmi: &Object, node: &str) -> bool {
-    vmi.status()["nodeName"].as_str() == Some(node)
-        && !matches!(vmi.status()["phase"].as_str(), Some("Succeeded" | "Failed"))
-}
-
-async fn set_unschedulable(client: &Client, name: &str, value: bool) -> anyhow::Result<()> {
-    let kind = Registry::builtin();
-    let kind = kind.resolve("nodes").expect("nodes are registered");
-    let patch = json!({"spec": {"unschedulable": if value { json!(true) } else { json!(null) }}});
-    client
-        .merge_patch(kind, "", name, None, &patch, "vmo-cli")
-        .await
-        .with_context(|| format!("node {name}"))?;
-    Ok(())
-}
-
-/// What a drain plan reads.
-struct ClusterView {
-    nodes: Vec<Object>,
-    vmis: Vec<Object>,
-    settings: ClusterSettingsSpec,
-    volumes: VolumeIndex,
-}
-
-async fn load(client: &Client) -> anyhow::Result<ClusterView> {
-    let registry = Registry::builtin();
-    let kind = |n: &str| *registry.resolve(n).expect("registered");
-    let list = |n: &'static str| {
-        let k = kind(n);
-        async move { client.list(&k, None, "").await.map(|l| l.items) }
-    };
-    let nodes = list("nodes").await?;
-    let vmis = list("vmi").await?;
-    let volumes = VolumeIndex::new(
-        &list("persistentvolumeclaims").await?,
-        &list("persistentvolumes").await?,
-        &list("storageclasses").await?,
-    );
-    let settings = client
-        .get(&kind("clustersettings"), "", CLUSTER_SETTINGS_NAME)
-        .await
-        .ok();
-    Ok(ClusterView {
-        nodes,
-        vmis,
-        settings: ClusterSettingsSpec::of(settings.as_ref()),
-        volumes,
-    })
-}
-
 fn describe(e: &Eviction) -> String {
     let what = match &e.plan {
         Plan::Migrate { target } => format!("live-migrate to {target}"),
@@ -189,11 +63,15 @@ pub async fn run(ctx: &Context, args: NodeArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
     match args.command {
         NodeCommand::Cordon { name } => {
-            set_unschedulable(&client, &name, true).await?;
+            set_unschedulable(&client, &name, true)
+                .await
+                .with_context(|| format!("node {name}"))?;
             println!("node/{name} cordoned");
         }
         NodeCommand::Uncordon { name } => {
-            set_unschedulable(&client, &name, false).await?;
+            set_unschedulable(&client, &name, false)
+                .await
+                .with_context(|| format!("node {name}"))?;
             println!("node/{name} uncordoned");
         }
         NodeCommand::Drain(a) => drain(&client, a).await?,
@@ -241,10 +119,11 @@ async fn drain(client: &Client, args: DrainArgs) -> anyhow::Result<()> {
             list.join("\n")
         );
     }
-    set_unschedulable(client, node, true).await?;
+    set_unschedulable(client, node, true)
+        .await
+        .with_context(|| format!("node {node}"))?;
     println!("node/{node} cordoned");
     let registry = Registry::builtin();
-    let vmi_kind = *registry.resolve("vmi").expect("registered");
     let migration_kind = *registry.resolve("vmim").expect("registered");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
     let mut migrations = Vec::new();
@@ -253,33 +132,30 @@ async fn drain(client: &Client, args: DrainArgs) -> anyhow::Result<()> {
     let mut todo = plan;
     loop {
         for e in todo.drain(..) {
-            let (ns, name) = (&e.vmi.metadata.namespace, &e.vmi.metadata.name);
             handled.insert(
                 e.vmi.metadata.uid.clone(),
                 matches!(e.plan, Plan::Leave { .. }),
             );
-            match &e.plan {
-                Plan::Migrate { .. } => {
-                    let m = create_migration(client, ns, name, None).await?;
-                    println!(
-                        "{}: migrating (migration {})",
-                        e.vmi.display_name(),
-                        m.metadata.name
-                    );
-                    migrations.push((ns.clone(), m.metadata.name.clone(), e.vmi.display_name()));
-                }
-                Plan::Stop { why } => {
-                    match client.delete(&vmi_kind, ns, name, "Background").await {
-                        Err(e) if !e.is_not_found() => return Err(e.into()),
-                        _ => {}
-                    }
-                    println!("{}: shutting down ({why})", e.vmi.display_name());
-                }
-                Plan::Leave { why } => println!("{}: left running ({why})", e.vmi.display_name()),
-                Plan::Blocked { .. } => bail!(
+            if let Plan::Blocked { .. } = e.plan {
+                bail!(
                     "node {node} stays cordoned; a VM placed there meanwhile cannot move:\n{}",
                     describe(&e)
-                ),
+                );
+            }
+            let migration = evict(client, &e).await?;
+            match (&e.plan, migration) {
+                (Plan::Migrate { .. }, Some(m)) => {
+                    println!("{}: migrating (migration {m})", e.vmi.display_name());
+                    let ns = e.vmi.metadata.namespace.clone();
+                    migrations.push((ns, m, e.vmi.display_name()));
+                }
+                (Plan::Stop { why }, _) => {
+                    println!("{}: shutting down ({why})", e.vmi.display_name());
+                }
+                (Plan::Leave { why }, _) => {
+                    println!("{}: left running ({why})", e.vmi.display_name())
+                }
+                _ => {}
             }
         }
         for (ns, m, vm) in &migrations {
