@@ -292,19 +292,39 @@ function vncPane(): Pane {
   };
 }
 
-/** A tab's panel: the pane's connection bar above its content. */
+/** True for Ctrl+], the key that leaves a console (virsh console's escape): Tab goes to the guest. */
+function isLeaveKey(e: KeyboardEvent): boolean {
+  return e.ctrlKey && !e.altKey && !e.metaKey && (e.key === "]" || e.code === "BracketRight");
+}
+
+/** A tab's panel: the pane's connection bar above its content; Ctrl+] moves focus to the bar. */
 function panel(connection: Connection, pane: Pane): HTMLElement {
-  return el("div", { class: "console-pane" }, connection.bar, pane.content);
+  const bar = connection.bar;
+  const hint = el("p", { class: "muted console-hint", id: `console-hint-${pane.sub}` }, "Keys go to the guest, Tab included. Ctrl+] leaves the console (focus goes to its buttons).");
+  pane.content.setAttribute("aria-describedby", hint.id);
+  // In the capture phase, before xterm.js or noVNC take the key for the guest.
+  pane.content.addEventListener(
+    "keydown",
+    (e) => {
+      if (!isLeaveKey(e)) return;
+      e.preventDefault();
+      e.stopPropagation();
+      bar.querySelector<HTMLButtonElement>("button:not([hidden]):not(:disabled)")?.focus();
+    },
+    true,
+  );
+  return el("div", { class: "console-pane" }, bar, pane.content, hint);
 }
 
 export function consoleView(ctx: Context): View {
   const name = ctx.params.name;
   const panes = [serialPane(), vncPane()];
   const connections = panes.map((p) => new Connection(p, ctx.namespace, name));
+  const panels = panes.map((p, i) => panel(connections[i], p));
   const select = (i: number) => {
     connections.forEach((c, j) => j !== i && c.setActive(false));
     connections[i].setActive(true);
-    return panel(connections[i], panes[i]);
+    return panels[i];
   };
   const node = el(
     "section",

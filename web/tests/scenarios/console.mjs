@@ -81,6 +81,11 @@ export default async function (t) {
   await typeUntilAnswered(t, "echo VMO-UI-$((6*7))", "VMO-UI-42");
   await page.screenshot({ path: `${t.artifacts}/console.png` });
 
+  step("console: Ctrl+] leaves the terminal for its buttons");
+  await page.keyboard.press("Control+BracketRight");
+  const focused = await page.evaluate(() => document.activeElement?.textContent);
+  if (focused !== "Disconnect") throw new Error(`Ctrl+] left the focus on ${JSON.stringify(focused)}, not the Disconnect button`);
+
   step("console: another session takes the serial console over; Reconnect takes it back");
   await page.evaluate(
     ([path, token]) => {
