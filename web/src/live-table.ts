@@ -1,0 +1,49 @@
+// Tables of objects kept live by watches, for the views that list several kinds side by side
+// (nodes, networks, storage classes, images): a table from column definitions that re-renders its
+// rows, says when it is empty or its watch failed, and one place to start and stop the watches.
+
+import { Obj, Watch } from "./api";
+import { el } from "./dom";
+
+export type Column<T> = { header: string; cell: (row: T) => Node | string; className?: string };
+
+export type LiveTable<T> = {
+  node: HTMLElement;
+  /** Replaces the rows; `key` names each row (its data-name attribute). */
+  render: (rows: T[]) => void;
+  /** Shows why the rows cannot be listed (the watch's error) in place of the rows. */
+  fail: (e: Error) => void;
+};
+
+/** A table labelled `label` with `columns`; `empty` is said when there are no rows. */
+export function liveTable<T>(label: string, columns: Column<T>[], key: (row: T) => string, empty: string): LiveTable<T> {
+  const body = el("tbody");
+  const head = el("tr", {}, ...columns.map((c) => el("th", { scope: "col" }, c.header)));
+  const table = el("table", { "aria-label": label, class: "live-table" }, el("thead", {}, head), body);
+  const note = (text: string, className: string) =>
+    body.replaceChildren(el("tr", {}, el("td", { colspan: String(columns.length), class: className }, text)));
+  note("Loading…", "muted");
+  return {
+    node: el("div", { class: "table-scroll" }, table),
+    render: (rows) => {
+      if (!rows.length) return note(empty, "muted");
+      body.replaceChildren(
+        ...rows.map((row) => el("tr", { "data-name": key(row) }, ...columns.map((c) => el("td", c.className ? { class: c.className } : {}, c.cell(row))))),
+      );
+    },
+    fail: (e) => note(`Cannot list: ${e.message}`, "error"),
+  };
+}
+
+/** Objects of a watch sorted by namespace and name. */
+export function sorted(watch: Watch): Obj[] {
+  return [...watch.objects.values()].sort((a, b) =>
+    `${a.metadata.namespace ?? ""}/${a.metadata.name}`.localeCompare(`${b.metadata.namespace ?? ""}/${b.metadata.name}`),
+  );
+}
+
+/** Starts a watch per path, each calling `render` on change and its own `fail` on error; returns a stop for all. */
+export function startWatches(specs: { path: string; fail: (e: Error) => void }[], render: () => void): { watches: Watch[]; stop: () => void } {
+  const watches = specs.map((s) => new Watch(s.path, render, s.fail).start());
+  return { watches, stop: () => watches.forEach((w) => w.stop()) };
+}
