@@ -93,6 +93,7 @@ class Connection {
   /** The pane's tab was shown (true) or hidden (false). */
   setActive(active: boolean) {
     this.active = active;
+    this.attempts = 0;
     if (active) this.sync();
     else this.close();
   }
@@ -113,10 +114,15 @@ class Connection {
     if (reason) return this.show(reason, "waiting");
     const uid = this.vmi!.metadata.uid ?? "";
     if (uid !== this.attemptsUid) {
+      // A new instance (the VM started or restarted): connect to it, whatever held the last one.
       this.attemptsUid = uid;
       this.attempts = 0;
+      this.heldByUser = false;
     }
-    if (this.heldByUser || this.attempts >= AUTO_ATTEMPTS || this.retry !== undefined) return;
+    // Waiting for a retry, or already saying why it is not connected.
+    if (this.retry !== undefined || (this.bar.dataset.state === "ended" && (this.heldByUser || this.attempts >= AUTO_ATTEMPTS))) return;
+    if (this.heldByUser) return this.show(`Disconnected from ${this.paneLabel()}.`, "ended");
+    if (this.attempts >= AUTO_ATTEMPTS) return this.show(`Not connected to ${this.paneLabel()}.`, "ended");
     this.connect();
   }
 
@@ -220,7 +226,7 @@ function serialPane(): Pane {
       const decoder = new TextDecoder();
       let tail = "";
       ws.onopen = () => {
-        terminal.write("\r\n\x1b[2m[connected]\x1b[0m\r\n");
+        terminal.write("\r\n\x1b[2m[connected: output from before now is not shown; press Enter for a prompt]\x1b[0m\r\n");
         handlers.opened();
         terminal.focus();
       };

@@ -111,6 +111,12 @@ export default async function (t) {
   step("console: back to the serial tab, then to the VM's page");
   await page.getByRole("tab", { name: "Serial console" }).click();
   await serialStatus.filter({ hasText: `Connected to ${name}'s serial console.` }).waitFor();
+  if (created) {
+    step("console: stopping the VM ends the session and the page says it is not running");
+    await api(t, "PUT", `/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines/${name}/stop`, {});
+    await serialStatus.filter({ hasText: new RegExp(`${name} is not running|${name}'s instance has ended`) }).waitFor({ timeout: 120000 });
+    await page.locator(".serial-terminal .xterm-rows").filter({ hasText: "[disconnected]" }).waitFor();
+  }
   await page.getByRole("link", { name: `Back to ${name}` }).click();
   if (created) await api(t, "DELETE", `${VMS}/${name}`);
 }
