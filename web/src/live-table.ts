@@ -27,11 +27,38 @@ export function liveTable<T>(label: string, columns: Column<T>[], key: (row: T) 
     node: el("div", { class: "table-scroll" }, table),
     render: (rows) => {
       if (!rows.length) return note(empty, "muted");
+      const kept = rememberState(body);
       body.replaceChildren(
         ...rows.map((row) => el("tr", { "data-name": key(row) }, ...columns.map((c) => el("td", c.className ? { class: c.className } : {}, c.cell(row))))),
       );
+      kept();
     },
     fail: (e) => note(`Cannot list: ${e.message}`, "error"),
+  };
+}
+
+/** Where a control sits: its row's name and its data-key, label or text, to find it again after a re-render. */
+function address(node: Element): string | null {
+  const row = node.closest("tr[data-name]");
+  if (!row) return null;
+  return `${row.getAttribute("data-name")}\u0000${node.tagName}\u0000${node.getAttribute("data-key") ?? node.getAttribute("aria-label") ?? node.textContent ?? ""}`;
+}
+
+/**
+ * Notes which control in `body` has the focus and which <details> are open, and returns what puts
+ * them back once the rows are rebuilt, so live updates neither move a keyboard user's focus nor
+ * fold what they unfolded.
+ */
+function rememberState(body: HTMLElement): () => void {
+  const focused = document.activeElement && body.contains(document.activeElement) ? address(document.activeElement) : null;
+  const open = new Set([...body.querySelectorAll("details[open] > summary")].map(address));
+  return () => {
+    for (const summary of body.querySelectorAll("details > summary")) {
+      if (open.has(address(summary))) summary.parentElement!.setAttribute("open", "");
+    }
+    if (!focused) return;
+    const again = [...body.querySelectorAll<HTMLElement>("button, a, summary, input, select")].find((n) => address(n) === focused);
+    again?.focus();
   };
 }
 

@@ -6,7 +6,7 @@ import { api } from "../lib.mjs";
 export default async function (t) {
   const { page, step } = t;
   await api(t, "DELETE", "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions/vlan30");
-  await page.getByRole("link", { name: "Networks" }).click();
+  await page.getByRole("navigation", { name: "Views" }).getByRole("link", { name: "Networks", exact: true }).click();
 
   step("networks: an invalid VLAN network is refused with the server's message");
   await page.getByRole("button", { name: "Create VLAN network" }).click();
@@ -37,7 +37,7 @@ export default async function (t) {
   await api(t, "DELETE", "/api/v1/namespaces/default/services/networks-web");
 
   step("storage: the storage classes are listed, the default one marked");
-  await page.getByRole("link", { name: "Storage classes" }).click();
+  await page.getByRole("navigation", { name: "Views" }).getByRole("link", { name: "Storage classes", exact: true }).click();
   const classes = page.getByRole("table", { name: "Storage classes" });
   const defaults = await api(t, "GET", "/apis/storage.k8s.io/v1/storageclasses");
   const marked = defaults.body.items.find((c) => c.metadata.annotations?.["storageclass.kubernetes.io/is-default-class"] === "true");
