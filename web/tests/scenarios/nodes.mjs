@@ -1,9 +1,11 @@
 // Nodes: the node is listed Ready with its capacity and the VM running on it; Cordon shows it
 // cordoned (with its maintenance state) and Uncordon clears it; Drain shows the server's dry-run
-// report with a row for the VM, and is closed without draining (the single node keeps its VMs).
+// report with a row for the VM; when nothing is blocked, Drain cordons the node and evicts the VM,
+// then Uncordon lets the VM (runStrategy Always) run again, so the single node ends as it began.
 import { api, kernelBootVm, until } from "../lib.mjs";
 
 const VMS = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
+const VMI = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances";
 
 export default async function (t) {
   const { page, step } = t;
@@ -23,7 +25,7 @@ export default async function (t) {
   await row.locator("td.memory .capacity").filter({ hasText: /iB$/ }).waitFor();
 
   step("nodes: the running VM is counted on its node and its name unfolds");
-  await until("nodes-demo to run", async () => (await api(t, "GET", "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/nodes-demo")).body?.status?.phase === "Running", 180000);
+  await until("nodes-demo to run", async () => (await api(t, "GET", `${VMI}/nodes-demo`)).body?.status?.phase === "Running", 180000);
   const vmList = row.locator("details");
   await vmList.locator("summary").click();
   await vmList.getByRole("link", { name: "nodes-demo" }).waitFor();
@@ -51,6 +53,24 @@ export default async function (t) {
   await dialog.getByRole("button", { name: blocked ? "Close" : "Cancel" }).click();
   await dialog.waitFor({ state: "detached" });
   if ((await api(t, "GET", `/api/v1/nodes/${name}`)).body.spec.unschedulable) throw new Error("the dry run cordoned the node");
+
+  if (!blocked) {
+    step("nodes: Drain cordons the node and evicts the VM; Uncordon lets it run again");
+    const before = (await api(t, "GET", `${VMI}/nodes-demo`)).body.metadata.uid;
+    await row.getByRole("button", { name: `Drain ${name}` }).click();
+    await dialog.getByRole("button", { name: `Drain ${name}` }).click();
+    await dialog.waitFor({ state: "detached" });
+    await row.locator(".badge", { hasText: "Cordoned" }).waitFor();
+    await until("the VM to leave the node", async () => {
+      const vmi = (await api(t, "GET", `${VMI}/nodes-demo`)).body;
+      return vmi?.metadata?.uid !== before && vmi?.status?.phase !== "Running";
+    }, 120000);
+    await row.getByText(/No VMs left|VMs? still on it/).waitFor();
+    await page.screenshot({ path: `${t.artifacts}/nodes-drained.png` });
+    await row.getByRole("button", { name: `Uncordon ${name}` }).click();
+    await row.locator(".badge", { hasText: "Cordoned" }).waitFor({ state: "detached" });
+    await until("nodes-demo to run again", async () => (await api(t, "GET", `${VMI}/nodes-demo`)).body?.status?.phase === "Running", 180000);
+  }
 
   await api(t, "DELETE", `${VMS}/nodes-demo`);
 }
