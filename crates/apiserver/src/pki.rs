@@ -108,7 +108,7 @@ impl Pki {
         })
     }
 
-    /// The rustls server configuration (HTTP/1.1).
+    /// The rustls server configuration (HTTP/2 preferred, HTTP/1.1 for older clients and upgrades).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         let certs = read_certs(&self.server_cert)?;
         let key = read_key(&self.server_key)?;
@@ -119,7 +119,7 @@ impl Pki {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(PkiError::Tls)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 }

@@ -12,7 +12,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,6 +35,8 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 const MAX_CONNECTIONS: usize = 4096;
 /// Time a client has to send a request's headers (slow or idle clients are dropped).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests (watches included) one HTTP/2 connection may have open at once, as kube-apiserver.
+const MAX_STREAMS_PER_CONNECTION: u32 = 250;
 
 /// Tunables of the server.
 #[derive(Debug, Clone)]
@@ -208,12 +210,22 @@ impl ApiServer {
                             let server = server.clone();
                             async move { Ok::<_, Infallible>(server.handle(req).await) }
                         });
-                        if let Err(e) = hyper::server::conn::http1::Builder::new()
-                            .timer(hyper_util::rt::TokioTimer::new())
+                        // HTTP/2 (negotiated by ALPN) carries every watch of a browser tab on
+                        // one connection; over HTTP/1.1 a browser's six connections per host are
+                        // used up by six watches and the tab's next request waits for ever.
+                        // WebSocket consoles stay on HTTP/1.1 upgrades.
+                        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        builder
+                            .http1()
+                            .timer(TokioTimer::new())
                             .header_read_timeout(HEADER_READ_TIMEOUT)
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(tls), service)
-                            .with_upgrades()
+                            .keep_alive(true);
+                        builder
+                            .http2()
+                            .timer(TokioTimer::new())
+                            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+                        if let Err(e) = builder
+                            .serve_connection_with_upgrades(TokioIo::new(tls), service)
                             .await
                         {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
