@@ -88,7 +88,7 @@ function vmStates(ctx: Context, vms: Obj[], loaded: boolean): HTMLElement {
     !loaded
       ? el("p", { class: "muted" }, "Loading…")
       : items.length
-      ? el("ul", { class: "states" }, ...items.map(([state, n]) => el("li", { "data-state": state }, link(ctx, "vms", `${n} ${state}`, { class: `status ${state}`, "aria-label": `${n} ${state}: open the VM list` }))))
+      ? el("ul", { class: "states" }, ...items.map(([state, n]) => el("li", { "data-state": state }, link(ctx, `vms?status=${encodeURIComponent(state)}`, `${n} ${state}`, { class: `status ${state}`, "aria-label": `${n} ${state}: open the VM list filtered to them` }))))
       : el("p", { class: "muted" }, "No VMs yet. ", link(ctx, "create", "Create one")),
   );
 }

@@ -1,11 +1,18 @@
 // The VMs view: a table of the namespace's VirtualMachines joined with their instances (node,
-// addresses), with search and sort, kept live by watches, and the lifecycle actions.
+// addresses), with search, a status filter (also `?status=` in the address, which the dashboard's
+// state links use) and sort, kept live by watches, and the lifecycle actions.
+//
+// Built to stay fast with thousands of VMs under a stream of watch events: events only mark the
+// table dirty and one render runs per animation frame; each row is kept by VM name with a
+// signature of what it shows, so a render rebuilds only the rows whose VM changed and moves rows
+// only when the order changed (which also keeps a keyboard user's focus in place).
 
-import { call, collectionPath, Obj, Watch } from "../api";
+import { collectionPath, Obj, Watch } from "../api";
 import { el, age, toast } from "../dom";
 import { Context, link, View } from "../router";
+import { LIFECYCLE, lifecycleButton } from "../vmactions";
 
-type Row = { name: string; status: string; node: string; ips: string; cpu: number; memory: string; created: string; vm: Obj };
+type Row = { name: string; status: string; node: string; ips: string; cpu: number; memory: string; created: string };
 
 const COLUMNS: [keyof Row, string][] = [
   ["name", "Name"],
@@ -17,13 +24,8 @@ const COLUMNS: [keyof Row, string][] = [
   ["created", "Age"],
 ];
 
-const ACTIONS: [string, string, (status: string) => boolean][] = [
-  ["start", "Start", (s) => ["Stopped", "Halted"].includes(s) || s.startsWith("Error") || s === "CrashLoopBackOff"],
-  ["stop", "Stop", (s) => !["Stopped", "Halted", "Stopping"].includes(s)],
-  ["restart", "Restart", (s) => s === "Running"],
-  ["pause", "Pause", (s) => s === "Running"],
-  ["unpause", "Unpause", (s) => s === "Paused"],
-];
+/** How often the Age column is brought up to date when nothing else changes. */
+const AGE_REFRESH_MS = 30_000;
 
 function cpus(vm: Obj): number {
   const cpu = vm.spec?.template?.spec?.domain?.cpu ?? {};
@@ -35,96 +37,163 @@ function memory(vm: Obj): string {
   return d.memory?.guest ?? d.resources?.requests?.memory ?? "";
 }
 
+function rowOf(vm: Obj, vmi: Obj | undefined): Row {
+  const addresses = (vmi?.status?.interfaces ?? []).map((i: any) => i.ipAddress).filter(Boolean);
+  return {
+    name: vm.metadata.name,
+    status: vm.status?.printableStatus ?? "Unknown",
+    node: vmi?.status?.nodeName ?? "",
+    ips: addresses.join(", "),
+    cpu: cpus(vm),
+    memory: memory(vm),
+    created: vm.metadata.creationTimestamp ?? "",
+  };
+}
+
+/** The sort order of two rows on `key`. */
+function compare(a: Row, b: Row, key: keyof Row): number {
+  const [x, y] = [a[key], b[key]];
+  return typeof x === "number" ? x - (y as number) : String(x).localeCompare(String(y));
+}
+
 export function vmsView(ctx: Context): View {
   const namespace = ctx.namespace;
   let search = "";
+  let statusFilter = new URLSearchParams(location.search).get("status") ?? "";
   let sortBy: keyof Row = "name";
   let ascending = true;
+  /** The rendered row of each VM, with the signature of what it shows. */
+  const rendered = new Map<string, { tr: HTMLElement; signature: string; ageCell: HTMLElement }>();
+
   const body = el("tbody");
   const count = el("span", { class: "muted live", "aria-live": "polite" });
+  const empty = el("p", { class: "muted" }, "Loading…");
   const filter = el("input", { type: "search", placeholder: "Search name, status, node, address", "aria-label": "Search VMs" }) as HTMLInputElement;
   filter.addEventListener("input", () => {
     search = filter.value.toLowerCase();
-    render();
+    schedule();
   });
+  const statusSelect = el("select", { "aria-label": "Filter by status" }) as HTMLSelectElement;
+  statusSelect.addEventListener("change", () => {
+    statusFilter = statusSelect.value;
+    const query = statusFilter ? `?status=${encodeURIComponent(statusFilter)}` : "";
+    history.replaceState(null, "", `${location.pathname}${query}`);
+    schedule();
+  });
+
   const head = el("tr");
+  const sortButtons = new Map<keyof Row, HTMLElement>();
   for (const [key, label] of COLUMNS) {
     const button = el("button", { type: "button" }, label);
     button.addEventListener("click", () => {
       ascending = sortBy === key ? !ascending : true;
       sortBy = key;
-      render();
+      schedule();
     });
-    head.append(el("th", { scope: "col" }, button));
+    const th = el("th", { scope: "col" }, button);
+    sortButtons.set(key, th);
+    head.append(th);
   }
   head.append(el("th", { scope: "col" }, "Actions"));
   const table = el("table", { "aria-label": "Virtual machines" }, el("thead", {}, head), body);
-  const node = el("section", {}, el("div", { class: "toolbar" }, el("h2", {}, "Virtual machines"), filter, count, link(ctx, "create", "Create VM", { class: "button primary" })), table);
+  const node = el(
+    "section",
+    {},
+    el("div", { class: "toolbar" }, el("h2", {}, "Virtual machines"), filter, statusSelect, count, link(ctx, "create", "Create VM", { class: "button primary" })),
+    table,
+    empty,
+  );
 
-  const render = () => {
-    const instances = vmis.objects;
-    const rows: Row[] = [...vms.objects.values()].map((vm) => {
-      const vmi = instances.get(`${namespace}/${vm.metadata.name}`);
-      const addresses = (vmi?.status?.interfaces ?? []).map((i: any) => i.ipAddress).filter(Boolean);
-      return {
-        name: vm.metadata.name,
-        status: vm.status?.printableStatus ?? "Unknown",
-        node: vmi?.status?.nodeName ?? "",
-        ips: addresses.join(", "),
-        cpu: cpus(vm),
-        memory: memory(vm),
-        created: vm.metadata.creationTimestamp ?? "",
-        vm,
-      };
-    });
-    const shown = rows
-      .filter((r) => !search || [r.name, r.status, r.node, r.ips].some((v) => v.toLowerCase().includes(search)))
-      .sort((a, b) => {
-        const [x, y] = [a[sortBy], b[sortBy]];
-        const order = typeof x === "number" ? (x as number) - (y as number) : String(x).localeCompare(String(y));
-        return ascending ? order : -order;
-      });
-    body.replaceChildren(
-      ...shown.map((r) => {
-        const actions = el("td", { class: "actions" });
-        for (const [verb, label, allowed] of ACTIONS) {
-          const button = el("button", { type: "button", "aria-label": `${label} ${r.name}` }, label) as HTMLButtonElement;
-          button.disabled = !allowed(r.status);
-          button.addEventListener("click", async () => {
-            button.disabled = true;
-            try {
-              await call("PUT", `${collectionPath("subresources.kubevirt.io", "v1", "virtualmachines", namespace)}/${encodeURIComponent(r.name)}/${verb}`, {});
-              toast(`${label}: ${r.name}`);
-            } catch (e) {
-              toast(`${label} ${r.name} failed: ${(e as Error).message}`, true);
-              button.disabled = false;
-            }
-          });
-          actions.append(button);
-        }
-        return el(
-          "tr",
-          { "data-vm": r.name },
-          el("td", {}, link(ctx, `vms/${encodeURIComponent(r.name)}`, r.name)),
-          el("td", { class: `status ${r.status}` }, r.status),
-          el("td", {}, r.node),
-          el("td", {}, r.ips),
-          el("td", {}, String(r.cpu)),
-          el("td", {}, r.memory),
-          el("td", { title: r.created }, age(r.created)),
-          actions,
-        );
-      }),
+  const buildRow = (r: Row) => {
+    const actions = el("td", { class: "actions" });
+    for (const action of LIFECYCLE) actions.append(lifecycleButton(namespace, r.name, r.status, action));
+    const ageCell = el("td", { title: r.created }, age(r.created));
+    const tr = el(
+      "tr",
+      { "data-vm": r.name },
+      el("td", {}, link(ctx, `vms/${encodeURIComponent(r.name)}`, r.name)),
+      el("td", { class: `status ${r.status}` }, r.status),
+      el("td", {}, r.node),
+      el("td", {}, r.ips),
+      el("td", {}, String(r.cpu)),
+      el("td", {}, r.memory),
+      ageCell,
+      actions,
     );
-    count.textContent = `${shown.length} of ${rows.length} VMs`;
+    return { tr, ageCell };
   };
 
+  /** The statuses offered by the filter: those present, and the chosen one even when none has it. */
+  const renderStatusOptions = (rows: Row[]) => {
+    const statuses = [...new Set(rows.map((r) => r.status).concat(statusFilter ? [statusFilter] : []))].sort();
+    const wanted = ["", ...statuses].join("\n");
+    if (statusSelect.dataset.options === wanted) return;
+    statusSelect.dataset.options = wanted;
+    statusSelect.replaceChildren(el("option", { value: "" }, "All states"), ...statuses.map((s) => el("option", { value: s }, s)));
+    statusSelect.value = statusFilter;
+  };
+
+  const render = () => {
+    const rows = [...vms.objects.values()].map((vm) => rowOf(vm, vmis.objects.get(`${namespace}/${vm.metadata.name}`)));
+    renderStatusOptions(rows);
+    const shown = rows
+      .filter((r) => !statusFilter || r.status === statusFilter)
+      .filter((r) => !search || [r.name, r.status, r.node, r.ips].some((v) => v.toLowerCase().includes(search)))
+      .sort((a, b) => (ascending ? 1 : -1) * compare(a, b, sortBy));
+
+    const present = new Set(rows.map((r) => r.name));
+    for (const name of rendered.keys()) if (!present.has(name)) rendered.delete(name);
+    const trs = shown.map((r) => {
+      const signature = JSON.stringify(r);
+      let entry = rendered.get(r.name);
+      if (entry?.signature !== signature) {
+        const built = buildRow(r);
+        const focusedHere = entry && entry.tr.contains(document.activeElement);
+        entry?.tr.replaceWith(built.tr);
+        entry = { ...built, signature };
+        rendered.set(r.name, entry);
+        if (focusedHere) (built.tr.querySelector("a") as HTMLElement | null)?.focus();
+      }
+      return entry.tr;
+    });
+    const current = body.children;
+    const sameOrder = current.length === trs.length && trs.every((tr, i) => current[i] === tr);
+    if (!sameOrder) body.replaceChildren(...trs);
+
+    for (const [key, th] of sortButtons) th.setAttribute("aria-sort", key === sortBy ? (ascending ? "ascending" : "descending") : "none");
+    count.textContent = `${shown.length} of ${rows.length} VMs`;
+    empty.textContent = !loaded ? "Loading…" : rows.length === 0 ? `No VMs in ${namespace} yet.` : shown.length === 0 ? "No VM matches the search and filter." : "";
+    empty.hidden = !empty.textContent;
+  };
+
+  let frame = 0;
+  let loaded = false;
+  function schedule() {
+    if (!frame) frame = requestAnimationFrame(() => {
+      frame = 0;
+      render();
+    });
+  }
+
+  const refreshAges = setInterval(() => {
+    for (const { ageCell } of rendered.values()) ageCell.textContent = age(ageCell.title);
+  }, AGE_REFRESH_MS);
+
   const failed = (e: Error) => toast(`Live updates interrupted: ${e.message}`, true);
-  const vms = new Watch(collectionPath("kubevirt.io", "v1", "virtualmachines", namespace), render, failed).start();
-  const vmis = new Watch(collectionPath("kubevirt.io", "v1", "virtualmachineinstances", namespace), render, failed).start();
+  const vms = new Watch(
+    collectionPath("kubevirt.io", "v1", "virtualmachines", namespace),
+    () => {
+      loaded = true;
+      schedule();
+    },
+    failed,
+  ).start();
+  const vmis = new Watch(collectionPath("kubevirt.io", "v1", "virtualmachineinstances", namespace), schedule, failed).start();
   return {
     node,
     stop: () => {
+      if (frame) cancelAnimationFrame(frame);
+      clearInterval(refreshAges);
       vms.stop();
       vmis.stop();
     },

@@ -1,6 +1,7 @@
 // The dashboard: the node is Ready with its heartbeat, the VM count by state changes live when a
 // VM created elsewhere starts running, the node's allocated CPU and memory count that VM, its
-// usage arrives from the agent's metrics, and the VM's events appear among the recent events.
+// usage arrives from the agent's metrics, the VM's events appear among the recent events, and the
+// Running count opens the VM list filtered to Running VMs.
 import { api, kernelBootVm, until } from "../lib.mjs";
 
 const VMS = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
@@ -71,6 +72,14 @@ export default async function (t) {
   step("dashboard: the VM's events are among the recent events");
   await page.locator("table.events tr").filter({ hasText: `VirtualMachineInstance/${name}` }).filter({ hasText: "Started" }).first().waitFor();
   await page.screenshot({ path: `${t.artifacts}/dashboard.png`, fullPage: true });
+
+  step("dashboard: the Running count opens the VM list filtered to Running VMs");
+  await page.locator('.vm-states li[data-state="Running"] a').click();
+  await page.waitForURL("**/ui/vms?status=Running");
+  await page.locator(`tr[data-vm="${name}"] td.status`).filter({ hasText: /^Running$/ }).waitFor();
+  const shown = await page.locator("tbody tr[data-vm] td.status").allInnerTexts();
+  if (shown.some((s) => s !== "Running")) throw new Error(`the filtered list shows other states: ${shown.join(", ")}`);
+  await page.getByRole("navigation", { name: "Views" }).getByRole("link", { name: "Dashboard" }).click();
 
   step("dashboard: deleting the VM takes it off the count");
   await api(t, "DELETE", `${VMS}/${name}`);

@@ -1,5 +1,6 @@
 // The VM list: shows the namespace's VMs, a VM created elsewhere appears without a reload, search
-// narrows the table, Start runs a VM (Running) and Stop stops it (Stopped).
+// narrows the table, Start runs a VM (Running), the status filter shows only the Running one, and
+// Stop stops it (Stopped).
 import { api, kernelBootVm } from "../lib.mjs";
 
 export default async function (t) {
@@ -24,6 +25,14 @@ export default async function (t) {
   await page.getByRole("button", { name: "Start demo", exact: true }).click();
   await demo.locator("td.status").filter({ hasText: /^Running$/ }).waitFor({ timeout: 120000 });
   await page.screenshot({ path: `${t.artifacts}/vms.png` });
+
+  step("vms: the status filter shows only Running VMs and keeps the choice in the address");
+  await page.getByLabel("Filter by status").selectOption("Running");
+  await page.locator('tr[data-vm="created-later"]').waitFor({ state: "detached" });
+  await demo.waitFor();
+  if (!page.url().endsWith("/ui/vms?status=Running")) throw new Error(`the address does not keep the filter: ${page.url()}`);
+  await page.getByLabel("Filter by status").selectOption("");
+  await page.locator('tr[data-vm="created-later"]').waitFor();
 
   step("vms: Stop stops it and the table shows it Stopped");
   await page.getByRole("button", { name: "Stop demo", exact: true }).click();
