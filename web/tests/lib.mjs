@@ -9,6 +9,8 @@ export async function api(t, method, path, body) {
         method,
         headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", Accept: "application/json" },
         body: body === undefined ? undefined : JSON.stringify(body),
+        // A request the page cannot make (all its connections busy, say) fails the step, not the run's clock.
+        signal: AbortSignal.timeout(60000),
       });
       const text = await r.text();
       let parsed = null;

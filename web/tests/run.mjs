@@ -19,7 +19,8 @@ mkdirSync(artifacts, { recursive: true });
 const fixtures = JSON.parse(readFileSync(fixturesFile, "utf8"));
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const browser = await chromium.launch({ executablePath, args: ["--no-sandbox", "--ignore-certificate-errors"] });
-const step = (what) => console.log(`step: ${what}`);
+const began = Date.now();
+const step = (what) => console.log(`step: [${((Date.now() - began) / 1000).toFixed(1)} s] ${what}`);
 const errors = [];
 try {
   const page = await browser.newPage({ ignoreHTTPSErrors: true, viewport: { width: 1366, height: 800 } });
@@ -44,7 +45,7 @@ try {
   await page.evaluate(() => { window.__noReload = true; });
 
   for (const name of only.length ? only : ORDER) {
-    console.log(`scenario: ${name}`);
+    console.log(`scenario: ${name} [${((Date.now() - began) / 1000).toFixed(1)} s]`);
     const scenario = await import(`./scenarios/${name}.mjs`);
     await scenario.default(t);
     if (!(await page.evaluate(() => window.__noReload === true))) throw new Error(`the page reloaded during ${name}`);

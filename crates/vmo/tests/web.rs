@@ -1,6 +1,8 @@
 //! The web UI through real headless Chromium against a real `vmo up` (with its agent and QEMU):
-//! `web/tests/smoke.mjs` (playwright-core) signs in, watches the VM list update live, starts and
-//! stops a VM. Screenshots are kept in `target/web-artifacts/`. Skips, saying why, where Chromium,
+//! `web/tests/run.mjs` (playwright-core) signs in and runs every scenario in `web/tests/scenarios/`
+//! (VM list, images and upload, the create wizard to a Running VM, serial and VNC consoles, the VM
+//! detail with YAML errors and actions, nodes with drain, networks, storage, dashboard), failing on
+//! any page reload or page error. Screenshots are kept in `target/web-artifacts/`. Skips, saying why, where Chromium,
 //! node or the built UI are missing, unless `VMO_REQUIRE_WEB` is set (the test script sets it).
 
 use serde_json::json;
@@ -36,7 +38,21 @@ fn missing() -> Option<String> {
 }
 
 /// A screenshot of each main view, which the scenarios save.
-const SCREENSHOTS: &[&str] = &["signin.png", "vms.png"];
+const SCREENSHOTS: &[&str] = &[
+    "signin.png",
+    "vms.png",
+    "images.png",
+    "wizard.png",
+    "wizard-review.png",
+    "console.png",
+    "vnc.png",
+    "detail.png",
+    "yaml-error.png",
+    "nodes.png",
+    "networks.png",
+    "storage.png",
+    "dashboard.png",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_ui_in_chromium() {
@@ -67,6 +83,8 @@ async fn the_web_ui_in_chromium() {
         .expect("kubeconfig")
         .token;
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/web-artifacts");
+    // Screenshots from an earlier run must not stand in for this one's.
+    let _ = std::fs::remove_dir_all(&artifacts);
     let out = Command::new("node")
         .current_dir(web_dir())
         .arg("tests/run.mjs")
