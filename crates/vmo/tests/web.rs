@@ -41,6 +41,7 @@ fn missing() -> Option<String> {
 const SCREENSHOTS: &[&str] = &[
     "signin.png",
     "vms.png",
+    "vms-laptop.png",
     "images.png",
     "wizard.png",
     "wizard-review.png",
@@ -52,6 +53,7 @@ const SCREENSHOTS: &[&str] = &[
     "networks.png",
     "storage.png",
     "dashboard.png",
+    "dashboard-dark.png",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

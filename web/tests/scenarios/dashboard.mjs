@@ -81,6 +81,29 @@ export default async function (t) {
   if (shown.some((s) => s !== "Running")) throw new Error(`the filtered list shows other states: ${shown.join(", ")}`);
   await page.getByRole("navigation", { name: "Views" }).getByRole("link", { name: "Dashboard" }).click();
 
+  step("themes: light and dark, every text colour on its backgrounds at 4.5:1 or better");
+  for (const scheme of ["light", "dark"]) {
+    await page.emulateMedia({ colorScheme: scheme });
+    const poor = await page.evaluate(() => {
+      const style = getComputedStyle(document.documentElement);
+      const rgb = (name) => style.getPropertyValue(name).trim().match(/[0-9a-f]{2}/gi).map((h) => parseInt(h, 16) / 255);
+      const luminance = (c) => {
+        const [r, g, b] = c.map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4));
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+      };
+      const ratio = (a, b) => {
+        const [x, y] = [luminance(rgb(a)), luminance(rgb(b))].sort((p, q) => q - p);
+        return (x + 0.05) / (y + 0.05);
+      };
+      const pairs = [["--accent-fg", "--accent"]];
+      for (const text of ["--fg", "--muted", "--accent", "--danger", "--ok", "--warn"]) for (const back of ["--bg", "--panel"]) pairs.push([text, back]);
+      return pairs.map(([a, b]) => [a, b, ratio(a, b)]).filter(([, , r]) => r < 4.5);
+    });
+    if (poor.length) throw new Error(`${scheme} theme: low contrast ${JSON.stringify(poor)}`);
+  }
+  await page.screenshot({ path: `${t.artifacts}/dashboard-dark.png`, fullPage: true });
+  await page.emulateMedia({ colorScheme: "light" });
+
   step("dashboard: deleting the VM takes it off the count");
   await api(t, "DELETE", `${VMS}/${name}`);
   await until(`${name} no longer counted`, () => countMatches((running) => !running.includes(name)));

@@ -26,6 +26,14 @@ export default async function (t) {
   await demo.locator("td.status").filter({ hasText: /^Running$/ }).waitFor({ timeout: 120000 });
   await page.screenshot({ path: `${t.artifacts}/vms.png` });
 
+  step("vms: at a laptop's 1280 pixels the page needs no sideways scrolling");
+  const wide = page.viewportSize();
+  await page.setViewportSize({ width: 1280, height: 800 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await page.screenshot({ path: `${t.artifacts}/vms-laptop.png` });
+  await page.setViewportSize(wide);
+  if (overflow > 0) throw new Error(`at 1280 pixels the page is ${overflow} pixels wider than the window`);
+
   step("vms: the status filter shows only Running VMs and keeps the choice in the address");
   await page.getByLabel("Filter by status").selectOption("Running");
   await page.locator('tr[data-vm="created-later"]').waitFor({ state: "detached" });
