@@ -23,20 +23,29 @@ export function isStopped(status: string): boolean {
   return STOPPED.includes(status);
 }
 
-/** A button running `action` on the VM `name` (labelled "Start NAME"), disabled when `status` forbids it. */
-export function lifecycleButton(namespace: string, name: string, status: string, action: Lifecycle): HTMLButtonElement {
-  const button = el("button", { type: "button", "aria-label": `${action.label} ${name}` }, action.label) as HTMLButtonElement;
+/** A button for `action` on the VM `name` (labelled "Start NAME"), disabled when `status` forbids it; no listener. */
+export function lifecycleButtonShape(name: string, status: string, action: Lifecycle): HTMLButtonElement {
+  const button = el("button", { type: "button", "aria-label": `${action.label} ${name}`, "data-verb": action.verb }, action.label) as HTMLButtonElement;
   button.disabled = !action.allowed(status);
-  button.addEventListener("click", async () => {
-    button.disabled = true;
-    try {
-      await call("PUT", `${objectPath("subresources.kubevirt.io", "v1", "virtualmachines", namespace, name)}/${action.verb}`, {});
-      toast(`${action.label}: ${name}`);
-    } catch (e) {
-      toast(`${action.label} ${name} failed: ${(e as Error).message}`, true);
-      button.disabled = false;
-    }
-  });
+  return button;
+}
+
+/** Runs `action` on the VM `name` for `button` (disabled while the request runs), saying how it went. */
+export async function runLifecycle(namespace: string, name: string, action: Lifecycle, button: HTMLButtonElement) {
+  button.disabled = true;
+  try {
+    await call("PUT", `${objectPath("subresources.kubevirt.io", "v1", "virtualmachines", namespace, name)}/${action.verb}`, {});
+    toast(`${action.label}: ${name}`);
+  } catch (e) {
+    toast(`${action.label} ${name} failed: ${(e as Error).message}`, true);
+    button.disabled = false;
+  }
+}
+
+/** A button running `action` on the VM `name` when clicked (see lifecycleButtonShape). */
+export function lifecycleButton(namespace: string, name: string, status: string, action: Lifecycle): HTMLButtonElement {
+  const button = lifecycleButtonShape(name, status, action);
+  button.addEventListener("click", () => void runLifecycle(namespace, name, action, button));
   return button;
 }
 

@@ -3,14 +3,18 @@
 // state links use) and sort, kept live by watches, and the lifecycle actions.
 //
 // Built to stay fast with thousands of VMs under a stream of watch events: events only mark the
-// table dirty and one render runs per animation frame; each row is kept by VM name with a
-// signature of what it shows, so a render rebuilds only the rows whose VM changed and moves rows
-// only when the order changed (which also keeps a keyboard user's focus in place).
+// table dirty and one render runs per animation frame. Only the rows in and near the window are in
+// the page (spacer rows of the right height stand in for the others, so the scroll bar is true and
+// aria-rowcount/aria-rowindex tell assistive technology where a row sits); the columns have fixed
+// widths so they do not shift while scrolling. Each row is kept by VM name with a signature of what
+// it shows, so a render rebuilds only the rows whose VM changed and moves rows only when the order
+// changed (which keeps a keyboard user's focus in place). The first render waits for both lists
+// (VMs and instances) so rows are built once, and the action buttons share one click listener.
 
 import { collectionPath, Obj, Watch } from "../api";
 import { el, age, toast } from "../dom";
 import { Context, link, View } from "../router";
-import { LIFECYCLE, lifecycleButton } from "../vmactions";
+import { LIFECYCLE, lifecycleButtonShape, runLifecycle } from "../vmactions";
 
 type Row = { name: string; status: string; node: string; ips: string; cpu: number; memory: string; created: string };
 
@@ -23,6 +27,11 @@ const COLUMNS: [keyof Row, string][] = [
   ["memory", "Memory"],
   ["created", "Age"],
 ];
+
+/** Rows painted beyond the window's edges, so scrolling and Tab find rows already there. */
+const OVERSCAN = 15;
+/** A row's height until one is measured (rows are one line high). */
+const ROW_HEIGHT_GUESS = 43;
 
 /** How often the Age column is brought up to date when nothing else changes. */
 const AGE_REFRESH_MS = 30_000;
@@ -50,10 +59,11 @@ function rowOf(vm: Obj, vmi: Obj | undefined): Row {
   };
 }
 
-/** The sort order of two rows on `key`. */
+/** The sort order of two rows on `key` (by code point: names are DNS labels, and it is fast). */
 function compare(a: Row, b: Row, key: keyof Row): number {
   const [x, y] = [a[key], b[key]];
-  return typeof x === "number" ? x - (y as number) : String(x).localeCompare(String(y));
+  if (typeof x === "number") return x - (y as number);
+  return x < y ? -1 : x > y ? 1 : 0;
 }
 
 export function vmsView(ctx: Context): View {
@@ -64,8 +74,21 @@ export function vmsView(ctx: Context): View {
   let ascending = true;
   /** The rendered row of each VM, with the signature of what it shows. */
   const rendered = new Map<string, { tr: HTMLElement; signature: string; ageCell: HTMLElement }>();
+  let rowHeight = 0;
+  const spacer = () => {
+    const cell = el("td", { colspan: String(COLUMNS.length + 1), class: "spacer" });
+    return { row: el("tr", { class: "spacer", "aria-hidden": "true" }, cell), cell };
+  };
+  const above = spacer();
+  const below = spacer();
 
   const body = el("tbody");
+  body.addEventListener("click", (e) => {
+    const button = (e.target as Element).closest("button[data-verb]") as HTMLButtonElement | null;
+    const name = button?.closest("tr")?.getAttribute("data-vm");
+    const action = LIFECYCLE.find((a) => a.verb === button?.dataset.verb);
+    if (button && name && action) void runLifecycle(namespace, name, action, button);
+  });
   const count = el("span", { class: "muted live", "aria-live": "polite" });
   const empty = el("p", { class: "muted" }, "Loading…");
   const filter = el("input", { type: "search", placeholder: "Search name, status, node, address", "aria-label": "Search VMs" }) as HTMLInputElement;
@@ -95,7 +118,8 @@ export function vmsView(ctx: Context): View {
     head.append(th);
   }
   head.append(el("th", { scope: "col" }, "Actions"));
-  const table = el("table", { "aria-label": "Virtual machines" }, el("thead", {}, head), body);
+  const columns = el("colgroup", {}, ...COLUMNS.map(([key]) => el("col", { class: `col-${key}` })), el("col", { class: "col-actions" }));
+  const table = el("table", { "aria-label": "Virtual machines", class: "vm-table" }, columns, el("thead", {}, head), body);
   const node = el(
     "section",
     {},
@@ -106,15 +130,15 @@ export function vmsView(ctx: Context): View {
 
   const buildRow = (r: Row) => {
     const actions = el("td", { class: "actions" });
-    for (const action of LIFECYCLE) actions.append(lifecycleButton(namespace, r.name, r.status, action));
+    for (const action of LIFECYCLE) actions.append(lifecycleButtonShape(r.name, r.status, action));
     const ageCell = el("td", { title: r.created }, age(r.created));
     const tr = el(
       "tr",
       { "data-vm": r.name },
-      el("td", {}, link(ctx, `vms/${encodeURIComponent(r.name)}`, r.name)),
-      el("td", { class: `status ${r.status}` }, r.status),
-      el("td", {}, r.node),
-      el("td", {}, r.ips),
+      el("td", { title: r.name }, link(ctx, `vms/${encodeURIComponent(r.name)}`, r.name)),
+      el("td", { class: `status ${r.status}`, title: r.status }, r.status),
+      el("td", { title: r.node }, r.node),
+      el("td", { title: r.ips }, r.ips),
       el("td", {}, String(r.cpu)),
       el("td", {}, r.memory),
       ageCell,
@@ -133,47 +157,77 @@ export function vmsView(ctx: Context): View {
     statusSelect.value = statusFilter;
   };
 
-  const render = () => {
+  /** Data changed (VMs, search, filter or sort): the shown rows are computed again before painting. */
+  let dirty = true;
+  let shown: Row[] = [];
+
+  const recompute = () => {
+    dirty = false;
     const rows = [...vms.objects.values()].map((vm) => rowOf(vm, vmis.objects.get(`${namespace}/${vm.metadata.name}`)));
     renderStatusOptions(rows);
-    const shown = rows
+    shown = rows
       .filter((r) => !statusFilter || r.status === statusFilter)
       .filter((r) => !search || [r.name, r.status, r.node, r.ips].some((v) => v.toLowerCase().includes(search)))
       .sort((a, b) => (ascending ? 1 : -1) * compare(a, b, sortBy));
-
     const present = new Set(rows.map((r) => r.name));
     for (const name of rendered.keys()) if (!present.has(name)) rendered.delete(name);
-    const trs = shown.map((r) => {
-      const signature = JSON.stringify(r);
-      let entry = rendered.get(r.name);
-      if (entry?.signature !== signature) {
-        const built = buildRow(r);
-        const focusedHere = entry && entry.tr.contains(document.activeElement);
-        entry?.tr.replaceWith(built.tr);
-        entry = { ...built, signature };
-        rendered.set(r.name, entry);
-        if (focusedHere) (built.tr.querySelector("a") as HTMLElement | null)?.focus();
-      }
-      return entry.tr;
-    });
-    const current = body.children;
-    const sameOrder = current.length === trs.length && trs.every((tr, i) => current[i] === tr);
-    if (!sameOrder) body.replaceChildren(...trs);
-
     for (const [key, th] of sortButtons) th.setAttribute("aria-sort", key === sortBy ? (ascending ? "ascending" : "descending") : "none");
+    table.setAttribute("aria-rowcount", String(shown.length + 1));
     count.textContent = `${shown.length} of ${rows.length} VMs`;
     empty.textContent = !loaded ? "Loading…" : rows.length === 0 ? `No VMs in ${namespace} yet.` : shown.length === 0 ? "No VM matches the search and filter." : "";
     empty.hidden = !empty.textContent;
   };
 
+  /** The row of `r`, built again only when what it shows changed. */
+  const rowFor = (r: Row) => {
+    const signature = JSON.stringify(r);
+    let entry = rendered.get(r.name);
+    if (entry?.signature !== signature) {
+      const built = buildRow(r);
+      const focusedHere = entry && entry.tr.contains(document.activeElement);
+      entry?.tr.replaceWith(built.tr);
+      entry = { ...built, signature };
+      rendered.set(r.name, entry);
+      if (focusedHere) (built.tr.querySelector("a") as HTMLElement | null)?.focus();
+    }
+    return entry.tr;
+  };
+
+  /** Puts the rows in and near the window into the table, spacers standing in for the rest. */
+  const paint = () => {
+    const height = rowHeight || ROW_HEIGHT_GUESS;
+    const top = body.getBoundingClientRect().top;
+    const first = Math.min(shown.length, Math.max(0, Math.floor(-top / height) - OVERSCAN));
+    const last = Math.min(shown.length, Math.max(first, Math.ceil((window.innerHeight - top) / height) + OVERSCAN));
+    const trs = shown.slice(first, last).map(rowFor);
+    trs.forEach((tr, i) => tr.setAttribute("aria-rowindex", String(first + i + 2)));
+    above.cell.style.height = `${first * height}px`;
+    below.cell.style.height = `${(shown.length - last) * height}px`;
+    const wanted = [...(first > 0 ? [above.row] : []), ...trs, ...(last < shown.length ? [below.row] : [])];
+    const current = body.children;
+    if (current.length !== wanted.length || wanted.some((tr, i) => current[i] !== tr)) body.replaceChildren(...wanted);
+    if (!rowHeight && trs.length) {
+      rowHeight = trs[0].getBoundingClientRect().height;
+      if (Math.abs(rowHeight - height) > 0.5) schedule(false);
+    }
+  };
+
   let frame = 0;
+  /** The VMs are listed (rows can be shown); the instances are listed, or failed to be. */
   let loaded = false;
-  function schedule() {
-    if (!frame) frame = requestAnimationFrame(() => {
+  let instancesKnown = false;
+  function schedule(dataChanged = true) {
+    dirty ||= dataChanged;
+    if (!loaded || !instancesKnown || frame) return;
+    frame = requestAnimationFrame(() => {
       frame = 0;
-      render();
+      if (dirty) recompute();
+      paint();
     });
   }
+  const scrolled = () => schedule(false);
+  document.addEventListener("scroll", scrolled, { capture: true, passive: true });
+  window.addEventListener("resize", scrolled, { passive: true });
 
   const refreshAges = setInterval(() => {
     for (const { ageCell } of rendered.values()) ageCell.textContent = age(ageCell.title);
@@ -188,11 +242,25 @@ export function vmsView(ctx: Context): View {
     },
     failed,
   ).start();
-  const vmis = new Watch(collectionPath("kubevirt.io", "v1", "virtualmachineinstances", namespace), schedule, failed).start();
+  const vmis = new Watch(
+    collectionPath("kubevirt.io", "v1", "virtualmachineinstances", namespace),
+    () => {
+      instancesKnown = true;
+      schedule();
+    },
+    (e) => {
+      // Without instances the rows still show, lacking node and addresses.
+      instancesKnown = true;
+      schedule();
+      failed(e);
+    },
+  ).start();
   return {
     node,
     stop: () => {
       if (frame) cancelAnimationFrame(frame);
+      document.removeEventListener("scroll", scrolled, { capture: true });
+      window.removeEventListener("resize", scrolled);
       clearInterval(refreshAges);
       vms.stop();
       vmis.stop();
