@@ -123,6 +123,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("vmo is up at {url}");
     println!("  data directory: {}", dir.display());
     println!("  kubeconfig:     {}", kubeconfig_path.display());
+    println!("  web UI:         {url}/ui (sign in with the kubeconfig's token)");
     println!("Use it with:");
     println!("  export KUBECONFIG={}", kubeconfig_path.display());
     println!("  vmo get vms        # or: kubectl get vms");
