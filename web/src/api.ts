@@ -77,6 +77,7 @@ export class Watch {
     while (!this.stopped) {
       try {
         const list = await call("GET", this.path);
+        if (this.stopped) return;
         this.objects = new Map((list.items ?? []).map((o: Obj) => [this.key(o), o]));
         this.changed();
         await this.follow(list.metadata?.resourceVersion ?? "");

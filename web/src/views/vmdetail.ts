@@ -151,13 +151,13 @@ export function vmdetailView(ctx: Context): View {
       void claims.refresh();
     }
   };
-  let scheduled = false;
+  let scheduled = 0;
+  let stopped = false;
   const changed = () => {
-    if (scheduled) return;
-    scheduled = true;
-    setTimeout(() => {
-      scheduled = false;
-      render();
+    if (scheduled || stopped) return;
+    scheduled = window.setTimeout(() => {
+      scheduled = 0;
+      if (!stopped) render();
     }, 30);
   };
 
@@ -192,6 +192,9 @@ export function vmdetailView(ctx: Context): View {
   return {
     node,
     stop: () => {
+      // No render after this: it could start on-demand watches nothing would stop.
+      stopped = true;
+      clearTimeout(scheduled);
       tabSwitches.disconnect();
       [vms, vmis, snapshotWatch, events, claims, ...Object.values(operations)].forEach((w) => w.stop());
     },

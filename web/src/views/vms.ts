@@ -13,6 +13,7 @@
 
 import { collectionPath, Obj, Watch } from "../api";
 import { el, age, toast } from "../dom";
+import { parseQuantity } from "../quantity";
 import { Context, link, View } from "../router";
 import { LIFECYCLE, lifecycleButtonShape, runLifecycle } from "../vmactions";
 
@@ -63,6 +64,7 @@ function rowOf(vm: Obj, vmi: Obj | undefined): Row {
 function compare(a: Row, b: Row, key: keyof Row): number {
   const [x, y] = [a[key], b[key]];
   if (typeof x === "number") return x - (y as number);
+  if (key === "memory") return parseQuantity(x) - parseQuantity(y as string);
   return x < y ? -1 : x > y ? 1 : 0;
 }
 
@@ -205,9 +207,16 @@ export function vmsView(ctx: Context): View {
     below.cell.style.height = `${(shown.length - last) * height}px`;
     const wanted = [...(first > 0 ? [above.row] : []), ...trs, ...(last < shown.length ? [below.row] : [])];
     const current = body.children;
-    if (current.length !== wanted.length || wanted.some((tr, i) => current[i] !== tr)) body.replaceChildren(...wanted);
-    if (!rowHeight && trs.length) {
-      rowHeight = trs[0].getBoundingClientRect().height;
+    if (current.length !== wanted.length || wanted.some((tr, i) => current[i] !== tr)) {
+      // Moving the rows takes the focus off a control in them (a keyboard user Tabbing down the
+      // list scrolls it); put it back where it was.
+      const focused = body.contains(document.activeElement) ? (document.activeElement as HTMLElement) : null;
+      body.replaceChildren(...wanted);
+      if (focused?.isConnected) focused.focus({ preventScroll: true });
+    }
+    const measured = !rowHeight && trs.length ? trs[0].getBoundingClientRect().height : 0;
+    if (measured > 0) {
+      rowHeight = measured;
       if (Math.abs(rowHeight - height) > 0.5) schedule(false);
     }
   };

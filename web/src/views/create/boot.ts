@@ -31,6 +31,8 @@ export function bootStep({ draft, catalog }: Env): Step {
     const sources = catalog.cloneSources();
     setOptions(sourceSelect, [["", sources.length ? "Choose a volume to clone" : "No volumes in this namespace"], ...sources.map((s): [string, string] => [s.name, sourceLabel(s)])]);
     sourceSelect.value = draft.cloneFrom;
+    // A source that is gone is no longer chosen (its check then says so).
+    draft.cloneFrom = sourceSelect.value;
     sourceNote.textContent = sources.length ? "" : "Import or upload an image under Images and volumes first, or import from a URL here.";
     const classes = catalog.storageClasses();
     setOptions(classSelect, classes.map((c): [string, string] => [c.name, c.isDefault ? `${c.name} (default)` : c.name]));

@@ -3,7 +3,7 @@
 // (boot sources to clone), storage classes and VLAN attachments. A list the server does not have
 // (404) is treated as empty, and picked up once it appears.
 
-import { collectionPath, Obj, Watch } from "../../api";
+import { ApiError, collectionPath, Obj, Watch } from "../../api";
 
 export type InstancetypeKind = "VirtualMachineClusterInstancetype" | "VirtualMachineInstancetype";
 export type Instancetype = { kind: InstancetypeKind; name: string; cpus: number; memory: string };
@@ -40,7 +40,9 @@ export class Catalog {
   }
 
   private failed(key: string, e: Error) {
-    this.watches[key].objects.clear();
+    // A kind the server does not serve has no choices; a passing error keeps the last ones (the
+    // watch lists again), so nothing the user chose is dropped by a network blip.
+    if (e instanceof ApiError && e.code === 404) this.watches[key].objects.clear();
     this.failures.set(key, e.message);
     this.changed();
   }

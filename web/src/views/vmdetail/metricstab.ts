@@ -104,7 +104,6 @@ export function metricsTab(namespace: string, name: string, nodeOf: () => string
 
   /** Polls until the tab's content leaves the page (another tab, another view). */
   const loop = async () => {
-    polling = true;
     while (node.isConnected) {
       await pollOnce();
       await new Promise((r) => setTimeout(r, POLL_MS));
@@ -117,7 +116,9 @@ export function metricsTab(namespace: string, name: string, nodeOf: () => string
     open: () => {
       draw();
       // The tab's builder runs before its content joins the page: start on the next turn.
-      if (!polling) setTimeout(() => void loop(), 0);
+      if (polling) return;
+      polling = true;
+      setTimeout(() => void loop(), 0);
     },
   };
 }
