@@ -37,6 +37,9 @@ const MAX_CONNECTIONS: usize = 4096;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests (watches included) one HTTP/2 connection may have open at once, as kube-apiserver.
 const MAX_STREAMS_PER_CONNECTION: u32 = 250;
+/// How often an idle HTTP/2 connection is pinged, and how long the answer may take.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Tunables of the server.
 #[derive(Debug, Clone)]
@@ -223,7 +226,10 @@ impl ApiServer {
                         builder
                             .http2()
                             .timer(TokioTimer::new())
-                            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+                            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+                            // A peer that stops answering pings is gone: free its streams.
+                            .keep_alive_interval(Some(H2_PING_INTERVAL))
+                            .keep_alive_timeout(H2_PING_TIMEOUT);
                         if let Err(e) = builder
                             .serve_connection_with_upgrades(TokioIo::new(tls), service)
                             .await
