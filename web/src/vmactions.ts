@@ -6,6 +6,7 @@
 import { call, collectionPath, objectPath, Obj } from "./api";
 import { confirmDialog, formDialog } from "./dialog";
 import { el, toast } from "./dom";
+import { formField } from "./form-field";
 
 export type Lifecycle = { verb: string; label: string; allowed: (status: string) => boolean };
 
@@ -62,9 +63,10 @@ const vmRef = (name: string) => ({ apiGroup: "kubevirt.io", kind: "VirtualMachin
 /** Called with what an action created, so a view can point at its progress. */
 export type Created = (o: Obj) => void;
 
+/** `control` as `id` under its label, its hint tied to it (the dialogs' shared form field). */
 function field(id: string, label: string, control: HTMLElement, hint = ""): HTMLElement {
   control.id = id;
-  return el("div", { class: "action-field" }, el("label", { for: id }, label), control, ...(hint ? [el("p", { class: "muted" }, hint)] : []));
+  return formField(label, control, hint);
 }
 
 function textInput(value: string): HTMLInputElement {
