@@ -85,9 +85,12 @@ fn init_logging(is_server: bool) {
         } else {
             tracing::Level::WARN
         });
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file (`vmo up 2>log`) stays plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
