@@ -610,6 +610,7 @@ impl Runner {
         commands: mpsc::UnboundedReceiver<Command>,
     ) {
         let name = vmi.display_name();
+        let taken = std::time::Instant::now();
         let vmi = match self.add_finalizer(&vmi).await {
             Ok(v) => v,
             Err(e) => {
@@ -617,14 +618,15 @@ impl Runner {
                 return;
             }
         };
-        if let Some(qemu) = self.acquire(&vmi).await {
+        if let Some(qemu) = self.acquire(&vmi, taken).await {
             self.supervise(vmi, qemu, sender, commands).await;
         }
     }
 
     /// The instance's QEMU: adopted if one runs, else launched; None when there is nothing to run
-    /// (reported, or to be retried on the next pass).
-    async fn acquire(&self, vmi: &Object) -> Option<QemuProcess> {
+    /// (reported, or to be retried on the next pass). `began` is when this agent took the
+    /// instance on, for the start timings it logs.
+    async fn acquire(&self, vmi: &Object, began: std::time::Instant) -> Option<QemuProcess> {
         let name = vmi.display_name();
         let vmi = vmi.clone();
         let run_dir = self.run_dir(&vmi);
@@ -707,8 +709,16 @@ impl Runner {
                         return None;
                     }
                 };
+                let prepared = began.elapsed();
                 match process::launch(&self.config.qemu_binary, &plan).await {
                     Ok(q) => {
+                        tracing::info!(
+                            vmi = %name,
+                            pid = q.pid,
+                            prepare_ms = prepared.as_millis() as u64,
+                            qemu_ms = (began.elapsed() - prepared).as_millis() as u64,
+                            "QEMU started"
+                        );
                         let message = format!(
                             "VirtualMachineInstance started on {} (QEMU pid {})",
                             self.config.node_name, q.pid

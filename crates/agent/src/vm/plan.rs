@@ -225,6 +225,10 @@ impl LaunchPlan {
         push(&["-pidfile", &self.pidfile.display().to_string()]);
         if self.incoming {
             push(&["-incoming", "defer"]);
+        } else {
+            // Paused until the agent has lowered QEMU's start-up priority to a guest's and sent
+            // `cont` (process::launch): no guest code runs at the start-up priority.
+            push(&["-S"]);
         }
         if self.disks.iter().any(|d| d.bus == Bus::Scsi) {
             push(&["-device", "virtio-scsi-pci,id=scsi0"]);
@@ -443,6 +447,8 @@ mod tests {
         );
         assert!(args.contains("pcie-root-port,id=hp3,chassis=4"));
         assert!(args.contains("-qmp unix:/run/vm/qmp.sock,server=on,wait=off"));
+        // A new VM starts paused until the agent continues it; an incoming one waits for its state.
+        assert!(args.split(' ').any(|a| a == "-S"), "{args}");
     }
 
     #[test]

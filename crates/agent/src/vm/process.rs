@@ -3,7 +3,8 @@
 //!
 //! A run directory holds `qemu.pid`, `qmp.sock`, `serial.sock`, `vnc.sock` and `qemu.log`. Launch
 //! waits for the QMP socket; if QEMU exits first, its log's last lines become the error, so a missing
-//! file or a disk another QEMU holds for writing is reported as QEMU phrased it.
+//! file or a disk another QEMU holds for writing is reported as QEMU phrased it. QEMU starts paused
+//! at a raised priority and runs its guest at a lowered one (`STARTUP_NICENESS`).
 
 use super::plan::{Accel, LaunchPlan};
 use crate::qmp::{Qmp, QmpError, QmpEvent};
@@ -13,8 +14,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// How much lower than the agent's QEMU's CPU priority is (`nice -n`).
+/// How much lower than the agent's QEMU's CPU priority is (`nice -n`) once its guest runs.
 pub const GUEST_NICENESS: i32 = 5;
+
+/// QEMU's niceness while it starts, before its guest runs. A new QEMU's start-up is about 0.1 s of
+/// CPU, and at a guest's priority it queued behind every guest already booting (seconds, with 50
+/// TCG guests on 2 cores). QEMU starts paused (`-S`), is lowered to `GUEST_NICENESS` as soon as QMP
+/// answers, and only then continued: no guest instruction runs at this priority. Without the
+/// privilege to raise priority (not root), QEMU starts at the agent's own niceness.
+pub const STARTUP_NICENESS: i32 = -10;
 
 /// How long QEMU has to open its QMP socket.
 const START_DEADLINE: Duration = Duration::from_secs(20);
@@ -102,12 +110,11 @@ pub async fn launch(binary: &str, plan: &LaunchPlan) -> Result<QemuProcess, Proc
         path: run_dir.clone(),
         source,
     })?;
-    // QEMU runs `GUEST_NICENESS` below the agent, so a node whose guests saturate its CPUs still
-    // answers the API, renews its lease and starts the next VM promptly (as a kubelet's reserved
-    // CPU does). Guests only yield to the control plane; among themselves they share as before.
-    let mut child = Command::new("nice")
-        .args(["-n", &GUEST_NICENESS.to_string()])
-        .arg(binary)
+    // A running guest's QEMU is `GUEST_NICENESS` below the agent, so a node whose guests saturate
+    // its CPUs still answers the API, renews its lease and starts the next VM promptly (as a
+    // kubelet's reserved CPU does). Guests only yield to the control plane and to QEMUs starting;
+    // among themselves they share as before.
+    let mut child = Command::new(binary)
         .args(plan.args())
         .stdin(Stdio::null())
         .stdout(Stdio::from(log_file.try_clone().map_err(|source| {
@@ -124,6 +131,10 @@ pub async fn launch(binary: &str, plan: &LaunchPlan) -> Result<QemuProcess, Proc
             source,
         })?;
     let pid = child.id();
+    let spawned = Instant::now();
+    // Its own process group (set before exec) covers every thread QEMU has or makes; the first
+    // milliseconds at the agent's priority do not matter.
+    set_group_priority(pid, STARTUP_NICENESS);
     // Reap the child when it exits so no zombie is left while the agent runs.
     std::thread::spawn(move || {
         let _ = child.wait();
@@ -139,8 +150,19 @@ pub async fn launch(binary: &str, plan: &LaunchPlan) -> Result<QemuProcess, Proc
             });
         }
         if plan.qmp_socket.exists() {
+            let socket_seen = spawned.elapsed();
             match Qmp::connect(&plan.qmp_socket).await {
-                Ok((qmp, events)) => {
+                Ok((qmp, mut events)) => {
+                    tracing::debug!(
+                        pid,
+                        socket_ms = socket_seen.as_millis() as u64,
+                        answered_ms = spawned.elapsed().as_millis() as u64,
+                        "QEMU answered QMP"
+                    );
+                    if let Err(e) = finish_start(pid, &qmp, &mut events).await {
+                        kill(pid);
+                        return Err(e.into());
+                    }
                     return Ok(QemuProcess {
                         pid,
                         qmp,
@@ -174,6 +196,49 @@ pub async fn launch(binary: &str, plan: &LaunchPlan) -> Result<QemuProcess, Proc
     }
 }
 
+/// Sets the niceness of every thread in QEMU's process group (`pid`'s); threads created later
+/// inherit it from their creator. Failure (no privilege to raise priority) leaves it as it was.
+fn set_group_priority(pid: u32, niceness: i32) {
+    // `None` would mean the agent's own group.
+    let Some(group) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    if let Err(e) = rustix::process::setpriority_pgrp(Some(group), niceness) {
+        tracing::debug!(pid, niceness, error = %e, "could not set QEMU's priority");
+    }
+}
+
+/// Lowers every thread of QEMU to `GUEST_NICENESS`, twice, for a thread being created during the
+/// first pass.
+fn lower_to_guest_priority(pid: u32) {
+    set_group_priority(pid, GUEST_NICENESS);
+    set_group_priority(pid, GUEST_NICENESS);
+}
+
+/// Ends QEMU's start-up: guest priority, then `cont` for a new VM still in `prelaunch` (`-S`). An
+/// incoming migration's QEMU (`inmigrate`) runs once its state has arrived; a QEMU adopted after an
+/// agent restart may already run.
+async fn finish_start(
+    pid: u32,
+    qmp: &Qmp,
+    events: &mut mpsc::UnboundedReceiver<QmpEvent>,
+) -> Result<(), QmpError> {
+    lower_to_guest_priority(pid);
+    if qmp.status().await? == "prelaunch" {
+        qmp.execute("cont", None).await?;
+        // QEMU sends the RESUME of this `cont` before its reply; it is no user's unpause.
+        if let Ok(event) = events.try_recv() {
+            if event.name != "RESUME" {
+                tracing::debug!(pid, event = %event.name, "QMP event during start-up");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
@@ -195,7 +260,9 @@ pub async fn adopt(run_dir: &Path, marker: &str) -> Result<QemuProcess, ProcessE
     if !is_qemu(pid, marker) || is_zombie(pid) {
         return Err(ProcessError::NotRunning(run_dir.to_path_buf()));
     }
-    let (qmp, events) = Qmp::connect(&qmp_socket).await?;
+    let (qmp, mut events) = Qmp::connect(&qmp_socket).await?;
+    // The agent may have died while this QEMU was starting.
+    finish_start(pid, &qmp, &mut events).await?;
     Ok(QemuProcess {
         pid,
         qmp,
