@@ -1,13 +1,19 @@
 //! Recording core v1 Events about objects, as every component reports what it did and why; `vmo get
-//! events` and `vmo describe` show them. Recording never fails the caller: a lost event is logged.
+//! events` and `vmo describe` show them. Recording never fails or delays the caller: events are
+//! written in order by a background task per recorder (as Kubernetes' event broadcaster does), so a
+//! VM's start does not wait on an event's round trip; one that cannot be written is logged.
 
 use crate::{Client, ClientError};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use vmo_api::meta::now_rfc3339;
 use vmo_api::{Object, Registry};
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// Events waiting to be written, per recorder; beyond this (the API server unreachable for long)
+/// new ones are dropped and logged rather than held without bound.
+const QUEUE: usize = 1024;
 
 /// Normal or Warning, as Kubernetes types events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,38 +25,34 @@ pub enum EventType {
 /// Records events for one component (`virt-controller`-like names: `vmo-vm-controller`, `vmo-agent`).
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    client: Client,
+    queue: tokio::sync::mpsc::Sender<(String, Value)>,
     component: String,
     host: String,
 }
 
 impl Recorder {
-    /// A recorder writing through `client` as `component` on `host`.
+    /// A recorder writing through `client` as `component` on `host`, and its writer task (which
+    /// ends when the last clone of the recorder is dropped, after writing what is queued). Must be
+    /// called inside a Tokio runtime.
     pub fn new(client: Client, component: &str, host: &str) -> Self {
+        let (queue, pending) = tokio::sync::mpsc::channel(QUEUE);
+        tokio::spawn(write_events(client, pending));
         Self {
-            client,
+            queue,
             component: component.to_string(),
             host: host.to_string(),
         }
     }
 
-    /// Records an event about `obj`.
+    /// Queues an event about `obj`, stamped now.
     pub async fn record(&self, obj: &Object, kind: EventType, reason: &str, message: &str) {
-        if let Err(e) = self.try_record(obj, kind, reason, message).await {
-            tracing::debug!(object = %obj.display_name(), reason, error = %e, "could not record an event");
+        let (namespace, event) = self.event(obj, kind, reason, message);
+        if self.queue.try_send((namespace, event)).is_err() {
+            tracing::warn!(object = %obj.display_name(), reason, "event dropped: too many are waiting to be written");
         }
     }
 
-    async fn try_record(
-        &self,
-        obj: &Object,
-        kind: EventType,
-        reason: &str,
-        message: &str,
-    ) -> Result<(), ClientError> {
-        let events = *Registry::builtin()
-            .resolve("events")
-            .expect("events are registered");
+    fn event(&self, obj: &Object, kind: EventType, reason: &str, message: &str) -> (String, Value) {
         let namespace = if obj.metadata.namespace.is_empty() {
             "default"
         } else {
@@ -82,9 +84,21 @@ impl Recorder {
             "lastTimestamp": now,
             "count": 1,
         });
-        self.client
-            .create(&events, namespace, &event)
-            .await
-            .map(|_| ())
+        (namespace.to_string(), event)
+    }
+}
+
+/// Writes queued events in order until every recorder clone is gone.
+async fn write_events(client: Client, mut pending: tokio::sync::mpsc::Receiver<(String, Value)>) {
+    let events = *Registry::builtin()
+        .resolve("events")
+        .expect("events are registered");
+    while let Some((namespace, event)) = pending.recv().await {
+        let written: Result<_, ClientError> = client.create(&events, &namespace, &event).await;
+        if let Err(e) = written {
+            let about = event["involvedObject"]["name"].as_str().unwrap_or("");
+            let reason = event["reason"].as_str().unwrap_or("");
+            tracing::debug!(object = about, reason, error = %e, "could not record an event");
+        }
     }
 }

@@ -549,11 +549,18 @@ async fn snapshots_restore_and_clone_vms_with_their_disks() {
         get(&client, "vsc", &content.metadata.name).await.is_some(),
         "Retain keeps the VolumeSnapshotContent"
     );
-    let (_, events, _) = up.cli(&["get", "events"]);
-    assert!(
-        events.contains("SuccessfulVirtualMachineSnapshot"),
-        "{events}"
-    );
+    // Events are written in the background, just after what they report.
+    wait_for(
+        "the SuccessfulVirtualMachineSnapshot event",
+        Duration::from_secs(30),
+        || async {
+            let (_, events, _) = up.cli(&["get", "events"]);
+            events
+                .contains("SuccessfulVirtualMachineSnapshot")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Kills the QEMUs under a directory when dropped (they run in process groups of their own and
