@@ -11,6 +11,7 @@
 //! The legacy `running: true|false` means Always or Halted.
 
 use crate::informer::{self, Cache};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,9 @@ fn retry_after(vm: &Object) -> Option<i64> {
 }
 use vmo_client::events::{EventType, Recorder};
 use vmo_client::{Client, ClientError};
+
+/// How many VMs reconcile at once.
+const RECONCILE_WORKERS: usize = 16;
 
 /// The label an instance carries with the name of the VM it belongs to (KubeVirt's).
 pub const VM_LABEL: &str = "vm.kubevirt.io/name";
@@ -72,18 +76,31 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
             continue;
         }
         let now = tokio::time::Instant::now();
-        for vm in vms.list() {
-            // A VM whose reconcile keeps failing is retried with a doubling delay, not in a hot loop.
-            if retries
-                .get(&vm.metadata.uid)
-                .is_some_and(|(_, at)| *at > now)
-            {
-                continue;
-            }
-            let reconciled = match data_volumes(&client, &recorder, &dv_kind, &vm, &dvs).await {
-                Ok(()) => reconcile(&client, &recorder, &vm_kind, &vmi_kind, &vm, &vmis).await,
-                Err(e) => Err(e),
-            };
+        // A VM whose reconcile keeps failing is retried with a doubling delay, not in a hot loop.
+        let due: Vec<Object> = vms
+            .list()
+            .into_iter()
+            .filter(|vm| {
+                retries
+                    .get(&vm.metadata.uid)
+                    .is_none_or(|(_, at)| *at <= now)
+            })
+            .collect();
+        // VMs are independent: several reconcile at once, so a VM created while many others are
+        // writing their status waits for a free worker, not for all of them.
+        let (client, recorder, dvs, vmis) = (&client, &recorder, &dvs, &vmis);
+        let outcomes: Vec<(Object, Result<(), ClientError>)> = futures_util::stream::iter(due)
+            .map(|vm| async move {
+                let reconciled = match data_volumes(client, recorder, &dv_kind, &vm, dvs).await {
+                    Ok(()) => reconcile(client, recorder, &vm_kind, &vmi_kind, &vm, vmis).await,
+                    Err(e) => Err(e),
+                };
+                (vm, reconciled)
+            })
+            .buffer_unordered(RECONCILE_WORKERS)
+            .collect()
+            .await;
+        for (vm, reconciled) in outcomes {
             match reconciled {
                 Ok(()) => {
                     retries.remove(&vm.metadata.uid);
