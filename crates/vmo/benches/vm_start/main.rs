@@ -7,7 +7,9 @@
 //! so its resident memory is measured with 0, 10 and N VMs apart from the control plane.
 //!
 //! Run: `cargo bench -p vmo-vmo --bench vm_start` (VMO_BENCH_VMS, VMO_BENCH_RATE to change the load;
-//! `scripts/install-libvirt.sh` first for the libvirt column).
+//! VMO_BENCH_MARKERS=0 to measure only the start to running; VMO_BENCH_SETTLE_SECS, default 20, the
+//! quiet spell before each phase; `scripts/install-libvirt.sh` first for the libvirt column). The
+//! agent's log, with each QEMU's start timings, is summarised after the table.
 
 mod libvirt;
 
@@ -87,14 +89,51 @@ struct VmoRun {
     agent_rss: (f64, f64, f64),
     /// `vmo up` (server, controllers, no agent) resident memory with all VMs running.
     control_plane_rss: f64,
+    /// The control plane's hops: API accepted -> instance created, -> bound to the node.
+    hops: (Vec<Duration>, Vec<Duration>),
+    /// From the agent's log, per VM: instance taken on -> QEMU spawned (preparation), and spawn ->
+    /// QMP answering; sorted.
+    agent_phases: (Vec<Duration>, Vec<Duration>),
 }
 
-/// The time each instance was first seen Running, from one watch (polling 50 instances would load
-/// the server being measured).
-type RunningSince = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>;
+/// The agent's "QEMU started" timings (`prepare_ms`, `qemu_ms`) from its log, each list sorted.
+fn agent_phases(log: &Path) -> (Vec<Duration>, Vec<Duration>) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let field = |line: &str, key: &str| -> Option<Duration> {
+        let at = line.find(&format!("{key}="))? + key.len() + 1;
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok().map(Duration::from_millis)
+    };
+    let (mut prepare, mut qemu) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| l.contains("QEMU started")) {
+        if let (Some(p), Some(q)) = (field(line, "prepare_ms"), field(line, "qemu_ms")) {
+            prepare.push(p);
+            qemu.push(q);
+        }
+    }
+    prepare.sort();
+    qemu.sort();
+    (prepare, qemu)
+}
 
-fn watch_running(client: vmo_client::Client, vmi_kind: vmo_api::KindInfo) -> RunningSince {
-    let seen = RunningSince::default();
+/// When one watch first saw each instance (by name): created, bound to a node, and Running.
+/// (Polling 50 instances would load the server being measured.)
+#[derive(Default, Clone, Copy)]
+struct Seen {
+    /// When the benchmark sent the VirtualMachine.
+    accepted: Option<Instant>,
+    created: Option<Instant>,
+    scheduled: Option<Instant>,
+    running: Option<Instant>,
+}
+
+type SeenByName = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Seen>>>;
+
+fn watch_instances(client: vmo_client::Client, vmi_kind: vmo_api::KindInfo) -> SeenByName {
+    let seen = SeenByName::default();
     let sink = seen.clone();
     tokio::spawn(async move {
         let mut events = client
@@ -102,35 +141,42 @@ fn watch_running(client: vmo_client::Client, vmi_kind: vmo_api::KindInfo) -> Run
             .await
             .expect("watch instances");
         while let Some(Ok(event)) = events.next().await {
-            if event.object["status"]["phase"] == "Running" {
-                let name = event.object["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
-                sink.lock()
-                    .unwrap()
-                    .entry(name)
-                    .or_insert_with(Instant::now);
+            let now = Instant::now();
+            let name = event.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let status = &event.object["status"];
+            let mut all = sink.lock().unwrap();
+            let entry = all.entry(name).or_default();
+            entry.created.get_or_insert(now);
+            if status["nodeName"].is_string() {
+                entry.scheduled.get_or_insert(now);
+            }
+            if status["phase"] == "Running" {
+                entry.running.get_or_insert(now);
             }
         }
     });
     seen
 }
 
-async fn through_vmo(guest: &Path, count: usize, interval: Duration) -> VmoRun {
+async fn through_vmo(guest: &Path, count: usize, interval: Duration, markers: bool) -> VmoRun {
     let dir = KeptDir::new("vmo-bench-vm-");
     let data = dir.path().join("data");
     let vmo = Path::new(env!("CARGO_BIN_EXE_vmo"));
     // The agent runs as its own process so its memory is measured apart from the control plane.
     let up = VmoProcess::start_with_args(vmo, &data, &["--no-agent", "--node-name", "bench"]).await;
     let agent_dir = dir.path().join("agent");
+    // The agent's log (with each QEMU's start timings) is kept with the run's files.
+    let agent_log = std::fs::File::create(dir.path().join("agent.log")).expect("agent log");
     let mut agent = std::process::Command::new(vmo)
         .args(["agent", "--node-name", "bench", "--accel", "tcg"])
         .args(["--agent-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&agent_dir)
         .env("KUBECONFIG", &up.kubeconfig)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(agent_log)
         .spawn()
         .expect("spawn vmo agent");
     let client = up.client();
@@ -143,12 +189,19 @@ async fn through_vmo(guest: &Path, count: usize, interval: Duration) -> VmoRun {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_agent = rss_mib(agent.id());
-    let running_since = watch_running(client.clone(), vmi_kind);
+    let running_since = watch_instances(client.clone(), vmi_kind);
     // The agent's memory once 10 instances run.
     let sampler = {
         let (seen, pid, at) = (running_since.clone(), agent.id(), count.min(10));
         tokio::spawn(async move {
-            while seen.lock().unwrap().len() < at {
+            while seen
+                .lock()
+                .unwrap()
+                .values()
+                .filter(|s| s.running.is_some())
+                .count()
+                < at
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             rss_mib(pid)
@@ -161,12 +214,17 @@ async fn through_vmo(guest: &Path, count: usize, interval: Duration) -> VmoRun {
         tasks.push(tokio::spawn(async move {
             let name = format!("bench-{n}");
             let accepted = Instant::now();
+            seen.lock()
+                .unwrap()
+                .entry(name.clone())
+                .or_default()
+                .accepted = Some(accepted);
             client
                 .create(&vm_kind, "default", &vm(&name, &guest))
                 .await
                 .expect("create");
             let running_at = wait_for("instance running", Duration::from_secs(600), || async {
-                seen.lock().unwrap().get(&name).copied()
+                seen.lock().unwrap().get(&name).and_then(|s| s.running)
             })
             .await;
             let uid = client
@@ -177,12 +235,15 @@ async fn through_vmo(guest: &Path, count: usize, interval: Duration) -> VmoRun {
                 .uid;
             // The agent holds QEMU's serial socket (one client at a time) and logs it to serial.log.
             let log = agent_dir.join("vms").join(uid).join("serial.log");
-            console_log_until(&log, MARKER, Duration::from_secs(900)).await;
+            if markers {
+                console_log_until(&log, MARKER, Duration::from_secs(900)).await;
+            }
             (running_at - accepted, accepted.elapsed())
         }));
         tokio::time::sleep(interval).await;
     }
     let (running, marker) = sorted_pairs(tasks).await;
+    let hops = hops(&running_since.lock().unwrap());
     let at_ten = sampler.await.unwrap();
     let loaded_agent = rss_mib(agent.id());
     let control_plane_rss = rss_mib(up.pid());
@@ -210,18 +271,36 @@ async fn through_vmo(guest: &Path, count: usize, interval: Duration) -> VmoRun {
     .await;
     let _ = agent.kill();
     let _ = agent.wait();
+    let agent_phases = agent_phases(&dir.path().join("agent.log"));
     VmoRun {
         running,
         marker,
         agent_rss: (idle_agent, at_ten, loaded_agent),
         control_plane_rss,
+        hops,
+        agent_phases,
     }
+}
+
+/// Per instance, API accepted -> created and -> bound to a node; each list sorted.
+fn hops(seen: &std::collections::HashMap<String, Seen>) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut created, mut scheduled) = (Vec::new(), Vec::new());
+    for s in seen.values() {
+        let Some(accepted) = s.accepted else { continue };
+        let since = |t: Instant| t.saturating_duration_since(accepted);
+        created.extend(s.created.map(since));
+        scheduled.extend(s.scheduled.map(since));
+    }
+    created.sort();
+    scheduled.sort();
+    (created, scheduled)
 }
 
 async fn bare_qemu(
     guest: &Path,
     count: usize,
     interval: Duration,
+    markers: bool,
 ) -> (Vec<Duration>, Vec<Duration>) {
     let dir = tempfile::tempdir().unwrap();
     let mut tasks = Vec::new();
@@ -261,7 +340,9 @@ async fn bare_qemu(
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let running = spawned.elapsed();
-            console_until(&plan.serial_socket, MARKER, Duration::from_secs(900)).await;
+            if markers {
+                console_until(&plan.serial_socket, MARKER, Duration::from_secs(900)).await;
+            }
             let marker = spawned.elapsed();
             // Booted guests keep running until every marker is in, as vmo's and libvirt's do:
             // stopping each at its marker would hand its CPU to the guests still booting.
@@ -293,17 +374,31 @@ fn main() {
         let count = env_or("VMO_BENCH_VMS", 10);
         let rate = env_or("VMO_BENCH_RATE", 2).max(1);
         let interval = Duration::from_millis(1000 / rate as u64);
-        let run = through_vmo(&guest, count, interval).await;
+        // VMO_BENCH_MARKERS=0 measures only the start to running (minutes sooner under load):
+        // nothing waits for boot markers, and libvirt is skipped.
+        let markers = env_or("VMO_BENCH_MARKERS", 1) != 0;
+        let settle = Duration::from_secs(env_or("VMO_BENCH_SETTLE_SECS", 20) as u64);
+        let run = through_vmo(&guest, count, interval, markers).await;
         let (vr, vm_marker) = (&run.running, &run.marker);
-        let (br, bare_marker) = bare_qemu(&guest, count, interval).await;
-        let libvirt = libvirt::virsh_start(
-            &kernel(&guest),
-            &guest.join("initrd.img"),
-            KERNEL_ARGS,
-            count,
-            interval,
-        )
-        .await;
+        // Memory a phase's QEMUs just freed is cheap to touch again for a few seconds, until this
+        // VM's host takes it back (virtio-balloon free page reporting); a phase started at once
+        // after another started its QEMUs 5-10x faster. Every phase starts after a quiet spell,
+        // as the first one does after `vmo up` starts.
+        tokio::time::sleep(settle).await;
+        let (br, bare_marker) = bare_qemu(&guest, count, interval, markers).await;
+        let libvirt = if markers {
+            tokio::time::sleep(settle).await;
+            libvirt::virsh_start(
+                &kernel(&guest),
+                &guest.join("initrd.img"),
+                KERNEL_ARGS,
+                count,
+                interval,
+            )
+            .await
+        } else {
+            Err("VMO_BENCH_MARKERS=0".to_string())
+        };
         // P50 and P99 cells for libvirt, or "skipped" when it could not be measured.
         let cells = |d: &[Duration]| {
             format!(
@@ -327,6 +422,22 @@ fn main() {
             Ok(_) => println!("libvirt: `virsh start` of persistent domains defined beforehand (spawn -> `virsh start` returned with the domain running; spawn -> boot marker)"),
             Err(why) => println!("libvirt: skipped: {why}"),
         }
+        let (created, scheduled) = &run.hops;
+        println!(
+            "control plane (one watch): API accepted -> instance created P50 {} P99 {}; -> bound to the node P50 {} P99 {}",
+            secs(percentile(created, 0.5)),
+            secs(percentile(created, 0.99)),
+            secs(percentile(scheduled, 0.5)),
+            secs(percentile(scheduled, 0.99)),
+        );
+        let (prepare, qemu) = &run.agent_phases;
+        println!(
+            "inside the agent (its log): instance taken on (finalizer written) -> QEMU spawned P50 {} P99 {}; spawn -> QMP answering P50 {} P99 {}",
+            secs(percentile(prepare, 0.5)),
+            secs(percentile(prepare, 0.99)),
+            secs(percentile(qemu, 0.5)),
+            secs(percentile(qemu, 0.99)),
+        );
         let (idle, ten, all) = run.agent_rss;
         println!("`vmo agent` resident memory: {idle:.1} MiB with 0 VMs, {ten:.1} MiB with {} VMs, {all:.1} MiB with {count} VMs; `vmo up` without its agent: {:.1} MiB with {count} VMs", count.min(10), run.control_plane_rss);
     });
