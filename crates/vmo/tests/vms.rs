@@ -437,18 +437,36 @@ async fn consoles_vnc_metrics_and_a_guest_reboot() {
     wait_text("the guest's answer", &second_out, "VMO-SECOND-48").await;
     // A reboot inside the guest keeps the instance and its QEMU; the console stays attached.
     let pid = qemu_pid(&data, &uid);
-    // Guests yield the CPU to the control plane (vmo up runs at niceness 0 here).
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let niceness: i32 = stat
-        .rsplit(')')
-        .next()
+    // Guests yield the CPU to the control plane (vmo up runs at niceness 0 here): every QEMU
+    // thread, vCPUs included, runs at the guests' niceness once started (it starts higher).
+    let niceness = |stat: String| -> i32 {
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        fields[16].parse().unwrap()
+    };
+    let threads: Vec<(String, i32)> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .split_whitespace()
-        .nth(16)
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(niceness, vmo_agent::vm::process::GUEST_NICENESS);
+        .flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            Some((name.trim().to_string(), niceness(stat)))
+        })
+        .collect();
+    assert!(
+        threads.iter().any(|(name, _)| name.starts_with("CPU 0")),
+        "QEMU names its vCPU threads: {threads:?}"
+    );
+    assert!(
+        threads
+            .iter()
+            .all(|(_, n)| *n == vmo_agent::vm::process::GUEST_NICENESS),
+        "every QEMU thread at the guests' niceness: {threads:?}"
+    );
     keys.write_all(b"reboot -f\n").unwrap();
     let log = run_dir(&data, &uid).join("serial.log");
     wait_for(
