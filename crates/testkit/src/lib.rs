@@ -295,6 +295,20 @@ impl VmoProcess {
         Client::from_kubeconfig(&self.kubeconfig).expect("client")
     }
 
+    /// Waits (up to 30 s) until `vmo get events` lists an event with `reason`: events are written
+    /// in the background, just after what they report.
+    pub async fn wait_for_event(&self, reason: &str) {
+        wait_for(
+            &format!("the {reason} event"),
+            Duration::from_secs(30),
+            || async {
+                let (_, events, _) = self.cli(&["get", "events"]);
+                events.contains(reason).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Runs `vmo ARGS` against it; returns (exit success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         self.cli_with_input(args, None)

@@ -549,18 +549,7 @@ async fn snapshots_restore_and_clone_vms_with_their_disks() {
         get(&client, "vsc", &content.metadata.name).await.is_some(),
         "Retain keeps the VolumeSnapshotContent"
     );
-    // Events are written in the background, just after what they report.
-    wait_for(
-        "the SuccessfulVirtualMachineSnapshot event",
-        Duration::from_secs(30),
-        || async {
-            let (_, events, _) = up.cli(&["get", "events"]);
-            events
-                .contains("SuccessfulVirtualMachineSnapshot")
-                .then_some(())
-        },
-    )
-    .await;
+    up.wait_for_event("SuccessfulVirtualMachineSnapshot").await;
 }
 
 /// Kills the QEMUs under a directory when dropped (they run in process groups of their own and

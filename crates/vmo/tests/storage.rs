@@ -308,16 +308,7 @@ async fn images_import_into_volumes_that_vms_boot_from() {
         "the running guest sees its disk grow: {}",
         grown.lines().rev().take(3).collect::<Vec<_>>().join(" | ")
     );
-    // Events are written in the background, just after what they report.
-    wait_for(
-        "the VolumeResizeSuccessful event",
-        Duration::from_secs(30),
-        || async {
-            let (_, events, _) = up.cli(&["get", "events"]);
-            events.contains("VolumeResizeSuccessful").then_some(())
-        },
-    )
-    .await;
+    up.wait_for_event("VolumeResizeSuccessful").await;
     // Offline too: a claim no VM uses grows as a file.
     client
         .merge_patch(&pvc_kind, "default", "from-vmdk", None, &patch, "test")
@@ -454,15 +445,6 @@ async fn a_full_pool_fails_the_import_and_keeps_nothing() {
         left.is_empty(),
         "nothing half-written stays in the pool: {left:?}"
     );
-    // Events are written in the background, just after what they report.
-    wait_for(
-        "the ProvisioningFailed event",
-        Duration::from_secs(30),
-        || async {
-            let (_, events, _) = up.cli(&["get", "events"]);
-            events.contains("ProvisioningFailed").then_some(())
-        },
-    )
-    .await;
+    up.wait_for_event("ProvisioningFailed").await;
     drop(server);
 }

@@ -422,21 +422,24 @@ fn main() {
             Ok(_) => println!("libvirt: `virsh start` of persistent domains defined beforehand (spawn -> `virsh start` returned with the domain running; spawn -> boot marker)"),
             Err(why) => println!("libvirt: skipped: {why}"),
         }
+        let p50_p99 = |d: &[Duration]| {
+            format!(
+                "P50 {} P99 {}",
+                secs(percentile(d, 0.5)),
+                secs(percentile(d, 0.99))
+            )
+        };
         let (created, scheduled) = &run.hops;
         println!(
-            "control plane (one watch): API accepted -> instance created P50 {} P99 {}; -> bound to the node P50 {} P99 {}",
-            secs(percentile(created, 0.5)),
-            secs(percentile(created, 0.99)),
-            secs(percentile(scheduled, 0.5)),
-            secs(percentile(scheduled, 0.99)),
+            "control plane (one watch): API accepted -> instance created {}; -> bound to the node {}",
+            p50_p99(created),
+            p50_p99(scheduled),
         );
         let (prepare, qemu) = &run.agent_phases;
         println!(
-            "inside the agent (its log): instance taken on (finalizer written) -> QEMU spawned P50 {} P99 {}; spawn -> QMP answering P50 {} P99 {}",
-            secs(percentile(prepare, 0.5)),
-            secs(percentile(prepare, 0.99)),
-            secs(percentile(qemu, 0.5)),
-            secs(percentile(qemu, 0.99)),
+            "inside the agent (its log): instance taken on (finalizer written) -> QEMU spawned {}; spawn -> QMP answering {}",
+            p50_p99(prepare),
+            p50_p99(qemu),
         );
         let (idle, ten, all) = run.agent_rss;
         println!("`vmo agent` resident memory: {idle:.1} MiB with 0 VMs, {ten:.1} MiB with {} VMs, {all:.1} MiB with {count} VMs; `vmo up` without its agent: {:.1} MiB with {count} VMs", count.min(10), run.control_plane_rss);
