@@ -47,9 +47,14 @@ impl Recorder {
     /// Queues an event about `obj`, stamped now.
     pub async fn record(&self, obj: &Object, kind: EventType, reason: &str, message: &str) {
         let (namespace, event) = self.event(obj, kind, reason, message);
-        if self.queue.try_send((namespace, event)).is_err() {
-            tracing::warn!(object = %obj.display_name(), reason, "event dropped: too many are waiting to be written");
-        }
+        let why = match self.queue.try_send((namespace, event)) {
+            Ok(()) => return,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                "too many are waiting to be written"
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => "its writer has stopped",
+        };
+        tracing::warn!(object = %obj.display_name(), reason, "event dropped: {why}");
     }
 
     fn event(&self, obj: &Object, kind: EventType, reason: &str, message: &str) -> (String, Value) {
