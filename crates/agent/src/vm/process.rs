@@ -14,8 +14,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// How much lower than the agent's QEMU's CPU priority is (`nice -n`) once its guest runs.
-pub const GUEST_NICENESS: i32 = 5;
+/// How much lower than the agent's QEMU's CPU priority is (`nice -n`) once its guest runs: the
+/// lowest, so a node whose guests saturate its CPUs still gives the control plane, the agent and a
+/// starting QEMU the CPU at once (weight 1024 against 15 per guest; at niceness 5, 50 booting guests
+/// outweighed them 16 to 1 and each hop of a VM start queued for hundreds of milliseconds). Guests
+/// share equally among themselves and lose only what the node's own services use.
+///
+/// A CPU control group for all guests would weigh them together without lowering each, but moving
+/// a process into a cgroup v1 group takes a system-wide lock that waits for every thread in
+/// `clone`/`exit`, including low-priority guest threads: starts became 5-10x slower under load.
+pub const GUEST_NICENESS: i32 = 19;
 
 /// QEMU's niceness while it starts, before its guest runs. A new QEMU's start-up is about 0.1 s of
 /// CPU, and at a guest's priority it queued behind every guest already booting (seconds, with 50
