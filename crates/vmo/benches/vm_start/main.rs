@@ -7,8 +7,9 @@
 //! so its resident memory is measured with 0, 10 and N VMs apart from the control plane.
 //!
 //! Run: `cargo bench -p vmo-vmo --bench vm_start` (VMO_BENCH_VMS, VMO_BENCH_RATE to change the load;
-//! VMO_BENCH_MARKERS=0 to measure only the start to running; VMO_BENCH_SETTLE_SECS, default 20, the
-//! quiet spell before each phase; `scripts/install-libvirt.sh` first for the libvirt column). The
+//! VMO_BENCH_MARKERS=0 to measure only the start to running; VMO_BENCH_KERNEL=vmlinux to boot the
+//! PVH kernel instead of `vmlinuz`; VMO_BENCH_SETTLE_SECS, default 20, the quiet spell before each
+//! phase; `scripts/install-libvirt.sh` first for the libvirt column). The
 //! agent's log, with each QEMU's start timings, is summarised after the table.
 
 mod libvirt;
@@ -61,7 +62,18 @@ async fn sorted_pairs(
     (running, marker)
 }
 
-use vmo_testkit::guest_kernel as kernel;
+/// The guest kernel every phase boots: the test guest's compressed `vmlinuz` (as a kernelBoot
+/// container ships it; QEMU copies its 8 MiB into guest memory at start), or the file
+/// VMO_BENCH_KERNEL names in the guest directory (`vmlinux`: the PVH kernel the tests boot, quicker to
+/// the boot marker, but QEMU copies its 57 MiB of segments twice before QMP answers).
+fn kernel(guest: &Path) -> std::path::PathBuf {
+    let file = std::env::var("VMO_BENCH_KERNEL").unwrap_or_default();
+    match file.as_str() {
+        "" if guest.join("vmlinuz").exists() => guest.join("vmlinuz"),
+        "" => vmo_testkit::guest_kernel(guest),
+        _ => guest.join(file),
+    }
+}
 
 fn vm(name: &str, guest: &Path) -> serde_json::Value {
     json!({
@@ -411,7 +423,9 @@ fn main() {
             Ok((running, marker)) => (cells(running), cells(marker)),
             Err(_) => ("skipped | skipped".into(), "skipped | skipped".into()),
         };
-        println!("{count} VMs at {rate}/s, TCG, 128 MiB, kernel boot of the test guest");
+        let kernel_file = kernel(&guest);
+        let kernel_file = kernel_file.file_name().unwrap_or_default().to_string_lossy();
+        println!("{count} VMs at {rate}/s, TCG, 128 MiB, kernel boot of the test guest ({kernel_file})");
         println!();
         println!("| measurement | vmo P50 | vmo P99 | bare QEMU P50 | bare QEMU P99 | libvirt P50 | libvirt P99 |");
         println!("|---|---|---|---|---|---|---|");
