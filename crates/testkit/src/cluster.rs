@@ -246,18 +246,8 @@ impl Drop for Cluster {
 }
 
 /// Kills every QEMU whose pidfile lies under `root` (and whose command line names its directory's
-/// uid, so a recycled pid is left alone).
-/// Kills, when dropped, every QEMU a test's agents started under a directory: for tests that run
-/// VMs under a `vmo up` (whose QEMUs outlive it by design, so an agent restart can adopt them).
-#[derive(Debug)]
-pub struct QemuReaper(pub std::path::PathBuf);
-
-impl Drop for QemuReaper {
-    fn drop(&mut self) {
-        kill_qemus_under(&self.0);
-    }
-}
-
+/// uid, so a recycled pid is left alone). QEMUs outlive their agent by design, so that a restarted
+/// agent adopts them; a test's must not outlive the test.
 pub fn kill_qemus_under(root: &Path) {
     let Ok(out) = Command::new("find")
         .arg(root)

@@ -6,7 +6,7 @@ pub mod cluster;
 pub mod files;
 pub mod netns;
 pub mod objects;
-pub use cluster::{AgentProcess, Cluster, QemuReaper};
+pub use cluster::{AgentProcess, Cluster};
 pub use files::FileServer;
 pub use netns::HostNetwork;
 
@@ -369,6 +369,8 @@ impl Drop for VmoProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The guests its agent started (they outlive `vmo up` by design).
+        cluster::kill_qemus_under(&self.data_dir);
         if std::thread::panicking() {
             eprintln!("vmo up log kept at {}", self.log.display());
         } else {

@@ -79,7 +79,6 @@ async fn images_import_into_volumes_that_vms_boot_from() {
         "--node-name",
         "node-a",
     ];
-    let _reaper = vmo_testkit::QemuReaper(data.clone());
     let up = VmoProcess::start_with_args(vmo(), &data, &args).await;
     let client = up.client();
 

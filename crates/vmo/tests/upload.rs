@@ -94,7 +94,6 @@ async fn upload_state(client: &Client, dv: &str) -> Option<Value> {
 async fn uploads_store_the_image_resume_after_a_kill_and_boot() {
     let Some(guest) = test_guest() else { return };
     let dir = KeptDir::new("vmo-upload-");
-    let _qemus = vmo_testkit::QemuReaper(dir.path().to_path_buf());
     let (up, data) = start(&dir).await;
     let client = up.client();
     let qcow2 = guest.join("disk.qcow2");
@@ -389,7 +388,6 @@ async fn a_hand_made_ova_becomes_a_vm_that_boots() {
     );
     std::fs::write(work.join("web.mf"), &manifest).unwrap();
     let ova = tar(&work, "web.ova", &["web.ovf", "web.mf", "web-disk1.vmdk"]);
-    let _qemus = vmo_testkit::QemuReaper(dir.path().to_path_buf());
     let (up, data) = start(&dir).await;
     let client = up.client();
 
