@@ -11,6 +11,8 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+const EVENTS_DROPPED_HELP: &str = "Events not recorded: the queue was full, its writer had stopped, or the API server failed the write.";
+
 /// Linux's user-visible clock tick (`USER_HZ`), fixed at 100 on every architecture vmo runs on.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
@@ -244,6 +246,22 @@ pub async fn render(node: &str, vms: &Vms, cpus: u64, memory_bytes: u64) -> Stri
         &node_label,
         memory_bytes as f64,
     );
+    // This node's agent's events that were not recorded (the server reports its controllers').
+    for d in vmo_client::events::dropped() {
+        if d.component == vmo_client::events::AGENT_COMPONENT && d.host == node {
+            out.add(
+                "vmo_events_dropped_total",
+                "counter",
+                EVENTS_DROPPED_HELP,
+                &[
+                    ("component", &d.component),
+                    ("node", node),
+                    ("cause", d.cause.label()),
+                ],
+                d.count as f64,
+            );
+        }
+    }
     let samples = futures_util::future::join_all(running.iter().map(|vm| async {
         let mut f = Families::default();
         vm_samples(node, vm, &mut f).await;
@@ -276,6 +294,54 @@ mod tests {
             text,
             "# HELP m_total Help.\n# TYPE m_total counter\nm_total{name=\"a\\\"b\"} 2.5\nm_total{name=\"c\"} 1\n"
         );
+    }
+
+    #[tokio::test]
+    async fn a_node_reports_its_own_agents_events_not_recorded() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let creds = vmo_client::kubeconfig::Credentials {
+            server: format!("https://{}", free.local_addr().unwrap()),
+            ca_pem: None,
+            token: "t".into(),
+            namespace: None,
+        };
+        drop(free);
+        let client = vmo_client::Client::new(creds).unwrap();
+        let vm = vmo_api::Object::from_value(serde_json::json!({"apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachine", "metadata": {"name": "a", "namespace": "default"}}))
+        .unwrap();
+        let agent = vmo_client::events::AGENT_COMPONENT;
+        for (component, host) in [
+            (agent, "metrics-n1"),
+            (agent, "metrics-n2"),
+            ("vmo-x", "metrics-n1"),
+        ] {
+            let recorder = vmo_client::events::Recorder::new(client.clone(), component, host);
+            recorder
+                .record(&vm, vmo_client::events::EventType::Normal, "Tested", "m")
+                .await;
+        }
+        for _ in 0..500 {
+            let failed = vmo_client::events::dropped();
+            if failed
+                .iter()
+                .filter(|d| d.host.starts_with("metrics-n"))
+                .count()
+                == 3
+            {
+                let vms = Vms::default();
+                let text = render("metrics-n1", &vms, 2, 1 << 30).await;
+                let mine = format!("vmo_events_dropped_total{{component=\"{agent}\",node=\"metrics-n1\",cause=\"write_failed\"}} 1");
+                assert!(text.contains(&mine), "{text}");
+                assert!(
+                    !text.contains("metrics-n2") && !text.contains("vmo-x"),
+                    "{text}"
+                );
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the failed writes were not counted");
     }
 
     #[test]

@@ -219,7 +219,11 @@ pub async fn run(
     let registry = Registry::builtin();
     let runner = Arc::new(Runner {
         client: client.clone(),
-        events: Recorder::new(client.clone(), "vmo-agent", &config.node_name),
+        events: Recorder::new(
+            client.clone(),
+            vmo_client::events::AGENT_COMPONENT,
+            &config.node_name,
+        ),
         vmi_kind: *registry.resolve("vmi").expect("vmis are registered"),
         secret_kind: *registry.resolve("secrets").expect("secrets are registered"),
         storage: crate::storage::Kinds::new(),

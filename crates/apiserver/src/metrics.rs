@@ -90,6 +90,19 @@ impl Metrics {
                 phase.to_lowercase()
             );
         }
+        // Events the controllers in this process did not record (agents report their own).
+        out.push_str("# HELP vmo_events_dropped_total Events not recorded: the queue was full, its writer had stopped, or the API server failed the write.\n# TYPE vmo_events_dropped_total counter\n");
+        for d in vmo_client::events::dropped() {
+            if d.component != vmo_client::events::AGENT_COMPONENT {
+                let _ = writeln!(
+                    out,
+                    "vmo_events_dropped_total{{component=\"{}\",cause=\"{}\"}} {}",
+                    d.component,
+                    d.cause.label(),
+                    d.count
+                );
+            }
+        }
         out
     }
 }
@@ -128,5 +141,43 @@ mod tests {
         assert!(text.contains("vmo_apiserver_request_duration_seconds_count{verb=\"CREATE\"} 2"));
         assert!(text.contains("vmo_store_revision 42"));
         assert!(text.contains("kubevirt_vmi_phase_count{phase=\"running\",node=\"n1\"} 2"));
+        assert!(text.contains("# TYPE vmo_events_dropped_total counter"));
+    }
+
+    #[tokio::test]
+    async fn counts_the_controllers_events_not_recorded_but_not_the_agents() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let creds = vmo_client::kubeconfig::Credentials {
+            server: format!("https://{}", free.local_addr().unwrap()),
+            ca_pem: None,
+            token: "t".into(),
+            namespace: None,
+        };
+        drop(free);
+        let client = vmo_client::Client::new(creds).unwrap();
+        let vm = vmo_api::Object::from_value(serde_json::json!({"apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachine", "metadata": {"name": "a", "namespace": "default"}}))
+        .unwrap();
+        let agent = vmo_client::events::AGENT_COMPONENT;
+        for component in ["vmo-test-controller", agent] {
+            let recorder = vmo_client::events::Recorder::new(client.clone(), component, "n1");
+            recorder
+                .record(&vm, vmo_client::events::EventType::Normal, "Tested", "m")
+                .await;
+        }
+        // Both writes fail; once both are counted, only the controller's shows here.
+        for _ in 0..500 {
+            let failed = vmo_client::events::dropped();
+            if failed.iter().any(|d| d.component == agent)
+                && failed.iter().any(|d| d.component == "vmo-test-controller")
+            {
+                let text = Metrics::default().render(1, &BTreeMap::new());
+                assert!(text.contains("vmo_events_dropped_total{component=\"vmo-test-controller\",cause=\"write_failed\"} 1"), "{text}");
+                assert!(!text.contains(&format!("component=\"{agent}\"")), "{text}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the failed writes were not counted");
     }
 }

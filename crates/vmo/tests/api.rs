@@ -1088,6 +1088,10 @@ async fn metrics_count_requests_and_need_a_token() {
     assert!(text
         .contains("vmo_apiserver_request_duration_seconds_bucket{verb=\"CREATE\",le=\"+Inf\"} 1"));
     assert!(text.contains("vmo_store_revision "));
+    assert!(
+        text.contains("# TYPE vmo_events_dropped_total counter"),
+        "{text}"
+    );
     let anonymous = s.client_with_token("nope");
     assert_eq!(api_error(anonymous.get_text("/metrics").await).code, 401);
 }

@@ -90,7 +90,7 @@ pub async fn run(client: Client, config: AgentConfig, vms: Vms) {
         |_, _| false,
     );
     let worker = Arc::new(Worker {
-        events: Recorder::new(client.clone(), "vmo-agent", &me),
+        events: Recorder::new(client.clone(), vmo_client::events::AGENT_COMPONENT, &me),
         client,
         config,
         kinds,

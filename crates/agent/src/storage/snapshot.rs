@@ -247,7 +247,11 @@ pub async fn run(client: Client, config: AgentConfig, vms: Vms) {
     };
     let snapshots = start(snap.snapshot);
     let worker = Arc::new(Worker {
-        events: Recorder::new(client.clone(), "vmo-agent", &config.node_name),
+        events: Recorder::new(
+            client.clone(),
+            vmo_client::events::AGENT_COMPONENT,
+            &config.node_name,
+        ),
         claims: start(kinds.claim),
         volumes: start(kinds.volume),
         vmis: start(kinds.vmi),

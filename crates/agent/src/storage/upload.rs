@@ -510,9 +510,13 @@ async fn run(
             status(json!({"phase": phase::FAILED,
                 "conditions": Worker::conditions(phase::FAILED, false, "Failed", &message)}))
             .await;
-            Recorder::new(ready.client.clone(), "vmo-agent", &ready.node)
-                .record(&ready.dv, EventType::Warning, "UploadFailed", &message)
-                .await;
+            Recorder::new(
+                ready.client.clone(),
+                vmo_client::events::AGENT_COMPONENT,
+                &ready.node,
+            )
+            .record(&ready.dv, EventType::Warning, "UploadFailed", &message)
+            .await;
             let _ = result_tx.send(Some(Err(message)));
             uploads.remove_session(&key, &session);
         }
