@@ -45,6 +45,9 @@ pub struct Outgoing {
     volumes: Vec<(LocalClaim, PathBuf)>,
     /// The memory migration has started (after the disk copies were in sync).
     migrating: bool,
+    /// The switch-over was let go (`migrate-continue`): QEMU may still say `pre-switchover` for a
+    /// while, longer when its threads wait behind other work, and must not be answered twice.
+    switchover_released: bool,
     disk_bytes: u64,
     /// Where the target listens for memory, and the settings to send with.
     address: (String, u16),
@@ -186,6 +189,7 @@ impl Runner {
             cancel_reason: None,
             aborted_on_request: false,
             migrating: mirrors.is_empty(),
+            switchover_released: false,
             mirrors,
             volumes,
             disk_bytes: 0,
@@ -305,6 +309,7 @@ impl Runner {
                 }
                 false
             }
+            Progress::PreSwitchover if out.switchover_released => false,
             Progress::PreSwitchover => {
                 // The guest is stopped: complete the disk copies, then let the switch-over go.
                 let finished = match migrate::finish_mirrors(&qemu.qmp, &out.mirrors).await {
@@ -316,8 +321,9 @@ impl Runner {
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
-                if let Err(why) = finished {
-                    self.cancel(vmi, qemu, outgoing, &why).await;
+                match finished {
+                    Ok(()) => out.switchover_released = true,
+                    Err(why) => self.cancel(vmi, qemu, outgoing, &why).await,
                 }
                 false
             }
