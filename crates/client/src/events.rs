@@ -65,7 +65,9 @@ pub fn dropped() -> Vec<Dropped> {
         .collect()
 }
 
-fn count_dropped(component: &str, host: &str, cause: DropCause) {
+/// Counts one event of `component` on `host` that was not recorded (recorders call this; so may a
+/// component that gives up on an event before it reaches a recorder).
+pub fn count_dropped(component: &str, host: &str, cause: DropCause) {
     let mut counts = DROPPED.lock().unwrap_or_else(|e| e.into_inner());
     *counts
         .entry((component.to_string(), host.to_string(), cause))
