@@ -100,7 +100,11 @@ async fn drains_keep_to_the_parallel_migration_limits() {
         assert!(up.cli(&["node", "uncordon", n]).0);
     }
 
-    // Drain sim-0 with KubeVirt's defaults: at most 2 leave one node at a time.
+    // Drain sim-0: at most 2 leave one node at a time (KubeVirt's default, unchanged by the
+    // settings below, which are applied now: the migration controller reads them from its cache,
+    // and a change only reaches it a moment after the API accepted it).
+    let settings = "apiVersion: vmo.io/v1alpha1\nkind: ClusterSettings\nmetadata:\n  name: cluster\nspec:\n  migrations:\n    parallelMigrationsPerCluster: 3\n";
+    assert!(up.cli_with_input(&["apply", "-f", "-"], Some(settings)).0);
     let (peak, sampler) = watch_peaks(client.clone());
     let (ok, out, err) = up.cli(&["node", "drain", "sim-0", "--timeout", "120"]);
     assert!(ok, "{out}{err}");
@@ -116,9 +120,7 @@ async fn drains_keep_to_the_parallel_migration_limits() {
         assert_ne!(node, "sim-0", "{name}");
     }
 
-    // Two drains at once, with a cluster-wide limit of 3 and 2 per node.
-    let settings = "apiVersion: vmo.io/v1alpha1\nkind: ClusterSettings\nmetadata:\n  name: cluster\nspec:\n  migrations:\n    parallelMigrationsPerCluster: 3\n    parallelOutboundMigrationsPerNode: 2\n";
-    assert!(up.cli_with_input(&["apply", "-f", "-"], Some(settings)).0);
+    // Two drains at once, with a cluster-wide limit of 3 (set above) and 2 per node.
     *peak.lock().unwrap() = Peak::default();
     let drain = |node: &str| {
         std::process::Command::new(vmo)
