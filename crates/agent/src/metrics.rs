@@ -11,8 +11,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-const EVENTS_DROPPED_HELP: &str = "Events not recorded: the queue was full, its writer had stopped, or the API server failed the write.";
-
 /// Linux's user-visible clock tick (`USER_HZ`), fixed at 100 on every architecture vmo runs on.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
@@ -250,9 +248,9 @@ pub async fn render(node: &str, vms: &Vms, cpus: u64, memory_bytes: u64) -> Stri
     for d in vmo_client::events::dropped() {
         if d.component == vmo_client::events::AGENT_COMPONENT && d.host == node {
             out.add(
-                "vmo_events_dropped_total",
+                vmo_client::events::DROPPED_METRIC,
                 "counter",
-                EVENTS_DROPPED_HELP,
+                vmo_client::events::DROPPED_METRIC_HELP,
                 &[
                     ("component", &d.component),
                     ("node", node),

@@ -91,12 +91,13 @@ impl Metrics {
             );
         }
         // Events the controllers in this process did not record (agents report their own).
-        out.push_str("# HELP vmo_events_dropped_total Events not recorded: the queue was full, its writer had stopped, or the API server failed the write.\n# TYPE vmo_events_dropped_total counter\n");
+        use vmo_client::events::{DROPPED_METRIC as NAME, DROPPED_METRIC_HELP as HELP};
+        let _ = writeln!(out, "# HELP {NAME} {HELP}\n# TYPE {NAME} counter");
         for d in vmo_client::events::dropped() {
             if d.component != vmo_client::events::AGENT_COMPONENT {
                 let _ = writeln!(
                     out,
-                    "vmo_events_dropped_total{{component=\"{}\",cause=\"{}\"}} {}",
+                    "{NAME}{{component=\"{}\",cause=\"{}\"}} {}",
                     d.component,
                     d.cause.label(),
                     d.count

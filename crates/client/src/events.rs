@@ -17,6 +17,10 @@ static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 /// The component every node agent records its events as (the kubelet's counterpart).
 pub const AGENT_COMPONENT: &str = "vmo-agent";
 
+/// The metric both `/metrics` pages count [`dropped`] events under, and its help text.
+pub const DROPPED_METRIC: &str = "vmo_events_dropped_total";
+pub const DROPPED_METRIC_HELP: &str = "Events not recorded: the queue was full, its writer had stopped, or the API server failed the write.";
+
 /// Events this process could not record, by (component, host, why).
 static DROPPED: Mutex<BTreeMap<(String, String, DropCause), u64>> = Mutex::new(BTreeMap::new());
 
