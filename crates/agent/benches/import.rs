@@ -15,7 +15,10 @@
 //! HTTP server), and the import's throughput and CPU relative to the flushed baseline.
 //!
 //! Run: `cargo bench -p vmo-agent --bench import`. VMO_IMPORT_BENCH_MIB (disk size in MiB,
-//! default 2048) and VMO_IMPORT_BENCH_RUNS (runs per case, default 5) change it.
+//! default 2048) and VMO_IMPORT_BENCH_RUNS (runs per case, default 5) change it;
+//! VMO_IMPORT_BENCH_FORMATS (`raw,qcow2`) and VMO_IMPORT_BENCH_CASES (`convert,http,stream,transfer`)
+//! run a part, for profiling one case; VMO_IMPORT_BENCH_VOLUME=raw imports into a raw volume
+//! (the baseline still converts to qcow2).
 
 use std::io::BufRead;
 use std::os::unix::fs::FileExt;
@@ -32,6 +35,20 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The comma-separated words of `name`, or all of `all` when it is not set.
+fn selected(name: &str, all: &[&'static str]) -> Vec<&'static str> {
+    let Ok(list) = std::env::var(name) else {
+        return all.to_vec();
+    };
+    let chosen: Vec<&'static str> = all
+        .iter()
+        .copied()
+        .filter(|a| list.split(',').any(|w| w.trim() == *a))
+        .collect();
+    assert!(!chosen.is_empty(), "{name}={list}: choose from {all:?}");
+    chosen
 }
 
 fn run(cmd: &mut Command) {
@@ -85,8 +102,7 @@ fn make_disk(path: &Path, mib: u64) {
 }
 
 /// The HTTP server process: serves the files of `dir`, prints its port, runs until killed. A
-/// thread per connection sends each file with `sendfile` (std's `io::copy` from a file to a
-/// socket), as a web server does, so the server costs this machine little CPU: it stands in for
+/// thread per connection sends each file with `sendfile`, as a web server does, so the server costs this machine little CPU: it stands in for
 /// one elsewhere.
 fn serve(dir: PathBuf) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -116,19 +132,32 @@ fn serve_connection(mut stream: std::net::TcpStream, dir: &Path) {
             }
         }
         let name = request.split_whitespace().nth(1).unwrap_or("/");
-        let Ok(mut file) = std::fs::File::open(dir.join(name.trim_start_matches('/'))) else {
+        let Ok(file) = std::fs::File::open(dir.join(name.trim_start_matches('/'))) else {
             let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
             continue;
         };
         let len = file.metadata().unwrap().len();
         let head =
             format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\n\r\n");
-        if stream.write_all(head.as_bytes()).is_err()
-            || std::io::copy(&mut file, &mut stream).is_err()
-        {
+        if stream.write_all(head.as_bytes()).is_err() || send_file(&file, &stream, len).is_err() {
             return;
         }
     }
+}
+
+/// Sends `len` bytes of `file` with sendfile(2): the kernel hands the page-cache pages to the
+/// socket without copying them through the server (`std::io::copy` reads and sends instead).
+fn send_file(file: &std::fs::File, stream: &std::net::TcpStream, len: u64) -> std::io::Result<()> {
+    let mut offset = 0u64;
+    while offset < len {
+        let left = (len - offset).min(1 << 30) as usize;
+        match rustix::fs::sendfile(stream, file, Some(&mut offset), left) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The server process, killed when dropped.
@@ -210,6 +239,10 @@ fn main() {
         .build()
         .unwrap();
     let out = pool.join("disk");
+    let volume = match selected("VMO_IMPORT_BENCH_VOLUME", &["qcow2", "raw"])[0] {
+        "raw" => VolumeFormat::Raw,
+        _ => VolumeFormat::Qcow2,
+    };
     // Each run starts with no dirty pages to write back, or whoever runs after a big write is
     // throttled to the disk's speed.
     let settle = || {
@@ -231,7 +264,7 @@ fn main() {
         settle();
         let target = Target {
             path: out.clone(),
-            format: VolumeFormat::Qcow2,
+            format: volume,
             capacity: mib * MIB,
         };
         measure(|| {
@@ -284,39 +317,70 @@ fn main() {
     };
 
     println!(
-        "import of a {mib} MiB disk (about half data) into a qcow2 volume, median of {runs} runs"
+        "import of a {mib} MiB disk (about half data) into a {} volume, median of {runs} runs",
+        selected("VMO_IMPORT_BENCH_VOLUME", &["qcow2", "raw"])[0]
     );
     println!(
         "{:<52} {:>7} {:>6} {:>6} {:>8} {:>8}",
         "case", "seconds", "MiB/s", "CPU s", "speed", "CPU"
     );
     let rate = |s: Sample| mib as f64 / s.wall.as_secs_f64();
+    let formats = selected("VMO_IMPORT_BENCH_FORMATS", &["raw", "qcow2"]);
+    let cases = selected(
+        "VMO_IMPORT_BENCH_CASES",
+        &["convert", "http", "stream", "transfer"],
+    );
+    let chosen = |case: &str| cases.contains(&case);
     for (name, format, input, method) in [
         ("disk.raw", "raw", &raw, Method::Streamed),
-        ("disk.qcow2", "qcow2", &qcow2, Method::AsIs),
+        (
+            "disk.qcow2",
+            "qcow2",
+            &qcow2,
+            if volume == VolumeFormat::Qcow2 {
+                Method::AsIs
+            } else {
+                Method::Converted
+            },
+        ),
     ] {
+        if !formats.contains(&format) {
+            continue;
+        }
         let (mut plain, mut flushed) = (Vec::new(), Vec::new());
         let (mut http, mut stream, mut transfers) = (Vec::new(), Vec::new(), Vec::new());
+        let mut imports = || {
+            if chosen("http") {
+                http.push(import(name, method, true));
+            }
+            if chosen("stream") {
+                stream.push(import(name, method, false));
+            }
+        };
         // Every other run the imports go first, so neither side always follows the same one.
         for r in 0..runs {
-            transfers.push(transfer(name));
-            if r % 2 == 1 {
-                http.push(import(name, method, true));
-                stream.push(import(name, method, false));
+            if chosen("transfer") {
+                transfers.push(transfer(name));
             }
-            plain.push(baseline(input, format, false));
-            flushed.push(baseline(input, format, true));
+            if r % 2 == 1 {
+                imports();
+            }
+            if chosen("convert") {
+                plain.push(baseline(input, format, false));
+                flushed.push(baseline(input, format, true));
+            }
             if r % 2 == 0 {
-                http.push(import(name, method, true));
-                stream.push(import(name, method, false));
+                imports();
             }
         }
-        // The last import's volume holds the disk.
-        run(Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "qcow2"])
-            .arg(&raw)
-            .arg(&out));
-        let reference = median(flushed.clone());
+        if chosen("http") || chosen("stream") {
+            // The last import's volume holds the disk.
+            run(Command::new("qemu-img")
+                .args(["compare", "-f", "raw", "-F", volume.as_str()])
+                .arg(&raw)
+                .arg(&out));
+        }
+        let reference = (!flushed.is_empty()).then(|| median(flushed.clone()));
         for (case, samples, relative) in [
             (
                 format!("qemu-img convert -f {format} -O qcow2 (default)"),
@@ -344,6 +408,9 @@ fn main() {
                 true,
             ),
         ] {
+            if samples.is_empty() {
+                continue;
+            }
             let s = median(samples);
             let mut line = format!(
                 "{case:<52} {:>7.2} {:>6.0} {:>6.2}",
@@ -351,7 +418,7 @@ fn main() {
                 rate(s),
                 s.cpu
             );
-            if relative {
+            if let Some(reference) = reference.filter(|_| relative) {
                 line.push_str(&format!(
                     " {:>7.2}x {:>7.2}x",
                     rate(s) / rate(reference),
