@@ -1,4 +1,4 @@
-//! The import pipeline against real qemu-img and qemu-storage-daemon, with an HTTP(S) server
+//! The import pipeline against real qemu-img and gzip/xz, with an HTTP(S) server
 //! started by each test (hyper on 127.0.0.1, optional byte ranges, basic auth, a connection that
 //! drops or stalls mid-body): every input format and compression lands in the volume with the
 //! source's exact content and the claim's size, and each bad input fails with its own error and
@@ -19,7 +19,6 @@ use std::time::Duration;
 use vmo_agent::storage::import::{
     self, HttpSource, ImportError, Imported, Method, Progress, Target, VolumeFormat,
 };
-use vmo_agent::storage::nbd::NbdClient;
 use vmo_testkit::KeptDir;
 
 const MIB: u64 = 1 << 20;
@@ -118,6 +117,8 @@ struct Behaviour {
     drop_after: Option<usize>,
     /// Every response sends this many bytes, then nothing more (the connection stays open).
     stall_after: Option<usize>,
+    /// Send no Content-Length: the body goes chunked.
+    chunked: bool,
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -302,11 +303,10 @@ fn respond(
         (_, Some(n)) => body(data.clone(), Some(n), false),
         _ => body(data.clone(), None, false),
     };
-    response
-        .status(StatusCode::OK)
-        .header("content-length", len)
-        .body(body)
-        .unwrap()
+    if !b.chunked {
+        response = response.header("content-length", len);
+    }
+    response.status(StatusCode::OK).body(body).unwrap()
 }
 
 /// A CA, and a server configuration with a certificate it issued for 127.0.0.1 and localhost.
@@ -384,6 +384,12 @@ impl Case {
         let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(info["virtual-size"], CAPACITY, "{info}");
         assert!(info["backing-filename"].is_null());
+        if target.format == VolumeFormat::Qcow2 {
+            // No error, no leak, no corruption in the image's tables.
+            run(Command::new("qemu-img")
+                .args(["check", "-q", "-f", "qcow2"])
+                .arg(&target.path));
+        }
         let compare = Command::new("qemu-img")
             .args(["compare", "-f", "raw", "-F", fmt])
             .arg(&self.images.raw)
@@ -450,8 +456,8 @@ async fn import_error(src: &HttpSource, case: &Case, format: VolumeFormat) -> Im
 // Formats
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_streams_into_a_qcow2_volume_over_nbd() {
-    let case = Case::new("raw-nbd");
+async fn raw_streams_into_a_qcow2_volume() {
+    let case = Case::new("raw-qcow2");
     let raw = case.images.raw.clone();
     let got = import_file(&case, &raw, VolumeFormat::Qcow2).await;
     assert_eq!(got.method, Method::Streamed);
@@ -641,6 +647,78 @@ async fn https_with_a_private_ca_and_basic_auth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_without_a_length_imports() {
+    let case = Case::new("chunked");
+    let behaviour = Behaviour {
+        chunked: true,
+        ..Default::default()
+    };
+    let server = Server::start(&case.images.dir, behaviour, None).await;
+    let src = HttpSource {
+        url: server.url("disk.raw"),
+        ..Default::default()
+    };
+    let target = case.target(VolumeFormat::Qcow2);
+    let got = import::import_http(&src, &target, Progress::none())
+        .await
+        .unwrap();
+    case.assert_volume(&target);
+    assert_eq!(got.bytes_read, DISK);
+}
+
+/// A server that answers every connection with `response` and closes.
+async fn answer_with(response: &'static [u8]) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/disk.raw", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut request = [0u8; 4096];
+            let _ = tcp.read(&mut request).await;
+            let _ = tcp.write_all(response).await;
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_responses_are_named() {
+    let case = Case::new("invalid");
+    let src = HttpSource {
+        url: answer_with(b"SSH-2.0-OpenSSH_9.2\r\n").await,
+        ..Default::default()
+    };
+    let err = import_error(&src, &case, VolumeFormat::Qcow2).await;
+    assert!(matches!(err, ImportError::BadResponse { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(
+        err.to_string().starts_with(&format!(
+            "the server at {} sent an invalid HTTP response",
+            src.url
+        )),
+        "{err}"
+    );
+
+    let src = HttpSource {
+        url: answer_with(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nQFI\xfb\r\nzz\r\n",
+        )
+        .await,
+        ..Default::default()
+    };
+    let err = import_error(&src, &case, VolumeFormat::Qcow2).await;
+    assert!(
+        matches!(err, ImportError::Interrupted { got: 4, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("the server sent an invalid body (the chunk size \"zz\" is not valid)"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_names_status_and_url() {
     let case = Case::new("404");
     let server = Server::start(&case.images.dir, Behaviour::default(), None).await;
@@ -808,58 +886,87 @@ async fn a_truncated_download_without_ranges_fails_clearly() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_import_leaves_no_file_and_no_process() {
-    let case = Case::new("cancel");
-    let behaviour = Behaviour {
-        stall_after: Some(DISK as usize / 2),
-        ..Default::default()
-    };
-    let server = Server::start(&case.images.dir, behaviour, None).await;
-    let src = HttpSource {
-        url: server.url("disk.raw"),
-        ..Default::default()
-    };
-    let target = case.target(VolumeFormat::Qcow2);
-    let socket = case.pool.join("disk.nbd");
-    let mut import = Box::pin(import::import_http(&src, &target, Progress::none()));
-    // Wait until the daemon serves and the stream stalls, then drop the import.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        tokio::select! {
-            r = &mut import => panic!("the import ended: {r:?}"),
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-        if socket.exists() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the daemon never started"
-        );
-    }
-    let daemon_running = || {
-        Command::new("pgrep")
-            .args(["-f", &socket.to_string_lossy()])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    assert!(daemon_running());
-    drop(import);
-    case.assert_pool_empty();
+/// The pids of the processes named `name` whose parent is `parent`.
+fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &parent.to_string(), "-x", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// True while `pid` runs (a zombie no longer does).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|s| !s.trim_start().starts_with('Z'))
+    })
+}
+
+/// Waits up to 10 s for `pids` to end.
+fn assert_ended(pids: &[u32], what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while daemon_running() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "qemu-storage-daemon outlived the import"
-        );
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// The importer half of [`a_killed_importer_leaves_no_daemon`]: that test runs itself again in a
+/// A case serving `disk.raw.gz`, whose body stalls halfway.
+async fn stalled_gzip(name: &str) -> (Case, Server) {
+    let case = Case::new(name);
+    let raw = case.images.raw.clone();
+    case.images.compress(&raw, "gzip", "gz");
+    let behaviour = Behaviour {
+        stall_after: Some(
+            std::fs::metadata(case.images.dir.join("disk.raw.gz"))
+                .unwrap()
+                .len() as usize
+                / 2,
+        ),
+        ..Default::default()
+    };
+    let server = Server::start(&case.images.dir, behaviour, None).await;
+    (case, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_import_leaves_no_file_and_no_process() {
+    let (case, server) = stalled_gzip("cancel").await;
+    let src = HttpSource {
+        url: server.url("disk.raw.gz"),
+        ..Default::default()
+    };
+    let target = case.target(VolumeFormat::Qcow2);
+    let partial = case.pool.join("disk.partial");
+    let mut import = Box::pin(import::import_http(&src, &target, Progress::none()));
+    // Wait until the decompressor runs and the volume is being written, then drop the import.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let decompressors = loop {
+        tokio::select! {
+            r = &mut import => panic!("the import ended: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        let running = children_named(std::process::id(), "gzip");
+        if partial.exists() && !running.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            break running;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the import never got going"
+        );
+    };
+    drop(import);
+    case.assert_pool_empty();
+    assert_ended(&decompressors, "the decompressor outlived the import");
+}
+
+/// The importer half of [`a_killed_importer_leaves_no_process`]: that test runs itself again in a
 /// child process with these variables set, and kills the child mid-import.
 async fn import_until_killed(url: String, path: String) {
     let target = Target {
@@ -875,58 +982,58 @@ async fn import_until_killed(url: String, path: String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_importer_leaves_no_daemon() {
+async fn a_killed_importer_leaves_no_process() {
     if let (Ok(url), Ok(path)) = (
         std::env::var("VMO_IMPORT_HELPER_URL"),
         std::env::var("VMO_IMPORT_HELPER_TARGET"),
     ) {
         return import_until_killed(url, path).await;
     }
-    let case = Case::new("killed");
-    let behaviour = Behaviour {
-        stall_after: Some(DISK as usize / 2),
-        ..Default::default()
-    };
-    let server = Server::start(&case.images.dir, behaviour, None).await;
+    let (case, server) = stalled_gzip("killed").await;
     let target = case.target(VolumeFormat::Qcow2);
-    let socket = case.pool.join("disk.nbd");
     let mut importer = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "a_killed_importer_leaves_no_daemon",
+            "a_killed_importer_leaves_no_process",
             "--nocapture",
         ])
-        .env("VMO_IMPORT_HELPER_URL", server.url("disk.raw"))
+        .env("VMO_IMPORT_HELPER_URL", server.url("disk.raw.gz"))
         .env("VMO_IMPORT_HELPER_TARGET", &target.path)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let daemon_running = || {
-        Command::new("pgrep")
-            .args(["-f", &socket.to_string_lossy()])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
+    let partial = case.pool.join("disk.partial");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !(socket.exists() && daemon_running()) {
+    let decompressors = loop {
+        let running = children_named(importer.id(), "gzip");
+        if partial.exists() && !running.is_empty() {
+            break running;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "the daemon never started"
+            "the import never got going"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     importer.kill().unwrap();
     importer.wait().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while daemon_running() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "qemu-storage-daemon outlived the killed importer"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_ended(
+        &decompressors,
+        "the decompressor outlived the killed importer",
+    );
+    // The next import of the same volume clears what the killed one left, and succeeds.
+    assert!(partial.exists(), "a killed importer cannot clean up");
+    let healthy = Server::start(&case.images.dir, Behaviour::default(), None).await;
+    let src = HttpSource {
+        url: healthy.url("disk.raw.gz"),
+        ..Default::default()
+    };
+    import::import_http(&src, &target, Progress::none())
+        .await
+        .unwrap();
+    case.assert_volume(&target);
+    assert!(!partial.exists());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1059,7 +1166,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        // A daemon just killed may hold a file there for a moment.
+        // A child just killed may hold a file there for a moment.
         for _ in 0..50 {
             if Command::new("umount")
                 .arg(&self.0)
@@ -1115,69 +1222,4 @@ async fn a_full_pool_is_reported_as_no_space() {
             "{err}"
         );
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The NBD client alone
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nbd_client_writes_through_qemu_storage_daemon() {
-    let dir = KeptDir::new("vmo-nbd-");
-    let image = dir.path().join("vol.qcow2");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&image)
-        .arg("8M"));
-    let socket = dir.path().join("nbd.sock");
-    let mut daemon = tokio::process::Command::new("qemu-storage-daemon")
-        .arg("--blockdev")
-        .arg(format!(
-            "{{\"driver\":\"qcow2\",\"node-name\":\"v\",\"file\":{{\"driver\":\"file\",\"filename\":\"{}\"}}}}",
-            image.display()
-        ))
-        .arg("--nbd-server")
-        .arg(format!("addr.type=unix,addr.path={}", socket.display()))
-        .args(["--export", "type=nbd,id=e,node-name=v,name=disk,writable=on"])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut client = None;
-    for _ in 0..200 {
-        if let Ok(c) = NbdClient::connect_unix(&socket, "disk").await {
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let mut client = client.expect("connected");
-    assert_eq!(client.size(), 8 * MIB);
-    let refused = NbdClient::connect_unix(&socket, "nonesuch")
-        .await
-        .unwrap_err();
-    assert!(refused.to_string().contains("refused export"), "{refused}");
-
-    let expected = {
-        let mut e = vec![0u8; 8 * MIB as usize];
-        let a = random_bytes(1, 3 * MIB as usize);
-        e[..a.len()].copy_from_slice(&a);
-        e
-    };
-    // Many small pipelined writes, then zeroes over the second MiB.
-    for (i, piece) in expected[..3 * MIB as usize].chunks(64 << 10).enumerate() {
-        client.write(i as u64 * (64 << 10), piece).await.unwrap();
-    }
-    client.write_zeroes(MIB, MIB).await.unwrap();
-    let err = client.write(8 * MIB - 10, &[1; 20]).await.unwrap_err();
-    assert!(err.to_string().contains("beyond the export's end"), "{err}");
-    client.disconnect().await.unwrap();
-    daemon.kill().await.unwrap();
-
-    let mut want = expected;
-    want[MIB as usize..2 * MIB as usize].fill(0);
-    let raw = dir.path().join("want.raw");
-    std::fs::write(&raw, want).unwrap();
-    run(Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "qcow2"])
-        .arg(&raw)
-        .arg(&image));
 }

@@ -6,7 +6,6 @@ pub mod claims;
 pub mod files;
 pub mod import;
 mod importer;
-pub mod nbd;
 mod online;
 pub mod provision;
 pub mod snapshot;

@@ -9,8 +9,8 @@
 //!    ▼
 //!  gzip -dc / xz -dc (child process) when the stream is compressed
 //!    │ first 64 KiB: the image format
-//!    ├─ raw ──────────► qcow2 volume: qemu-storage-daemon exports <path>.partial over NBD and
-//!    │                  the stream is written into it (all-zero blocks skipped, so sparse);
+//!    ├─ raw ──────────► qcow2 volume: <path>.partial written here as a qcow2 image, its data
+//!    │                  clusters as they arrive (all-zero clusters skipped), tables last;
 //!    │                  raw volume: written straight into <path>.partial (sparse)
 //!    ├─ qcow2 into a qcow2 volume ─► written as <path>.partial, checked, used as it is
 //!    │                  (converted like the others if it has compressed clusters)
@@ -23,7 +23,7 @@
 //! file are refused, and backing files are never opened.
 //!
 //! Failure leaves nothing behind: every error and a cancelled import (the future dropped)
-//! remove `<path>.partial`, `<path>.scratch` and the NBD socket, and kill the child processes,
+//! remove `<path>.partial` and `<path>.scratch`, and kill the child processes,
 //! so no half-written file is ever at `path`. Interruptions are handled inside one call instead:
 //! when an HTTP connection drops and the server accepts byte ranges, the download continues
 //! with `Range:` from the last byte received (up to [`MAX_RESUME_ATTEMPTS`] attempts in a row
@@ -31,13 +31,14 @@
 //! stream goes on where it stopped); the checksum is over the whole stream. After an error that
 //! [`ImportError::is_retryable`] accepts, the next import starts from the beginning.
 //!
-//! Volume files are written with `O_DIRECT` where the file system allows, by the daemon and by
-//! this code alike: the host does not read them back, and page-cache writes cost several times
-//! the CPU on the machines measured (docs/benchmarks-import.md).
+//! Volume files are written with `O_DIRECT` where the file system allows: the host does not read
+//! them back, and page-cache writes cost several times the CPU on the machines measured
+//! (docs/benchmarks.md, "Image import throughput").
 
 mod detect;
 mod finish;
 mod http;
+mod qcow2;
 mod qemu;
 mod source;
 mod write;
@@ -193,6 +194,8 @@ pub enum ImportError {
         status: u16,
         reason: String,
     },
+    #[error("the server at {url} sent an invalid HTTP response: {why}")]
+    BadResponse { url: String, why: String },
     #[error("TLS with {url} failed: {why}")]
     Tls { url: String, why: String },
     #[error("{what} stopped after {got} of {} bytes: {why}", expected.map_or("?".to_string(), |e| e.to_string()))]
@@ -235,8 +238,6 @@ pub enum ImportError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("writing the volume failed: {0}")]
-    Nbd(crate::storage::nbd::NbdError),
 }
 
 impl ImportError {
@@ -336,7 +337,6 @@ where
 pub(crate) struct Files {
     pub(crate) partial: PathBuf,
     pub(crate) scratch: PathBuf,
-    pub(crate) socket: PathBuf,
     pub(crate) dir: PathBuf,
 }
 
@@ -364,19 +364,9 @@ impl Files {
             n.push(suffix);
             dir.join(n)
         };
-        let mut socket = with(".nbd");
-        // sun_path holds 108 bytes; deep pool paths get a private socket in the temp directory.
-        if socket.as_os_str().len() > 100 {
-            socket = std::env::temp_dir().join(format!(
-                "vmo-import-{}-{}.nbd",
-                std::process::id(),
-                SOCKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-        }
         let files = Self {
             partial: with(".partial"),
             scratch: with(".scratch"),
-            socket,
             dir,
         };
         // Leftovers of an import that was killed with the agent.
@@ -385,13 +375,11 @@ impl Files {
     }
 
     fn remove(&self) {
-        for p in [&self.partial, &self.scratch, &self.socket] {
+        for p in [&self.partial, &self.scratch] {
             let _ = std::fs::remove_file(p);
         }
     }
 }
-
-static SOCKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Drop for Files {
     fn drop(&mut self) {

@@ -1,6 +1,5 @@
-//! The QEMU tools an import drives: `qemu-img` (create, info, check, convert, resize) and
-//! `qemu-storage-daemon` exporting a qcow2 volume over NBD while a raw stream is written into it.
-//! Every child is killed when its handle is dropped, so a cancelled import leaves no process.
+//! The QEMU tool an import drives: `qemu-img` (info, check, convert, resize). Every child is
+//! killed when its handle is dropped, so a cancelled import leaves no process.
 //!
 //! Images from outside are named with their format and with `backing: null` (formats that can
 //! have one), so qemu-img neither probes a format nor opens a file an image names.
@@ -10,17 +9,10 @@ use super::source::ProgressState;
 use super::{ImportError, VolumeFormat};
 use serde_json::{json, Value};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::task::JoinHandle;
-
-/// The export name the daemon serves the volume under.
-pub(crate) const EXPORT: &str = "volume";
-const DAEMON_START: Duration = Duration::from_secs(30);
-const DAEMON_STOP: Duration = Duration::from_secs(120);
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
 
 /// The first lines qemu-img wrote to stderr, for a message.
 fn stderr_text(output: &Output) -> String {
@@ -84,16 +76,6 @@ fn failed(output: &Output, dir: &Path) -> ImportError {
 
 fn args<const N: usize>(items: [&dyn AsRef<std::ffi::OsStr>; N]) -> Vec<OsString> {
     items.iter().map(|a| a.as_ref().to_os_string()).collect()
-}
-
-/// Creates an empty volume file of `size` bytes.
-pub(crate) async fn create(
-    path: &Path,
-    format: VolumeFormat,
-    size: u64,
-    dir: &Path,
-) -> Result<(), ImportError> {
-    sized("create", path, format, size, dir).await
 }
 
 /// Grows a volume file to `size` bytes.
@@ -295,161 +277,4 @@ pub(crate) async fn convert(
             detail,
         }
     })
-}
-
-/// `qemu-storage-daemon`, under `setpriv --pdeathsig KILL` where util-linux has it: dropping the
-/// handle kills the daemon, but an agent that is killed itself drops nothing, and the daemon would
-/// live on holding a deleted partial file (it does not stop when its monitor's input closes).
-/// The signal comes when the thread that started it ends: a runtime thread, which lives as long
-/// as the agent.
-async fn daemon_command() -> Command {
-    static SETPRIV: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
-    let setpriv = *SETPRIV
-        .get_or_init(|| async {
-            Command::new("setpriv")
-                .args(["--pdeathsig", "KILL", "--", "true"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await
-                .is_ok_and(|s| s.success())
-        })
-        .await;
-    if setpriv {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--pdeathsig", "KILL", "--", "qemu-storage-daemon"]);
-        cmd
-    } else {
-        Command::new("qemu-storage-daemon")
-    }
-}
-
-/// A `qemu-storage-daemon` exporting one qcow2 volume file over NBD on a unix socket.
-pub(crate) struct Daemon {
-    child: Child,
-    monitor: ChildStdin,
-    errors: JoinHandle<String>,
-    socket: PathBuf,
-}
-
-impl std::fmt::Debug for Daemon {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon")
-            .field("socket", &self.socket)
-            .finish()
-    }
-}
-
-fn daemon_error(detail: String) -> ImportError {
-    ImportError::Tool {
-        tool: "qemu-storage-daemon",
-        detail,
-    }
-}
-
-impl Daemon {
-    /// Starts the daemon and waits until it serves.
-    ///
-    /// The daemon writes with `O_DIRECT` (Linux AIO), bypassing the host's page cache: the volume
-    /// is not read back by the host, and on the machines measured the page-cache copy cost the
-    /// daemon three times the CPU (see docs/benchmarks-import.md). File systems without
-    /// `O_DIRECT` (tmpfs) get buffered writes.
-    pub(crate) async fn serve(image: &Path, socket: &Path) -> Result<Self, ImportError> {
-        match Self::start(image, socket, true).await {
-            Err(ImportError::Tool { detail, .. }) if detail.contains("O_DIRECT") => {
-                tracing::debug!(%detail, "no O_DIRECT for the volume; buffered writes");
-                Self::start(image, socket, false).await
-            }
-            other => other,
-        }
-    }
-
-    async fn start(image: &Path, socket: &Path, direct: bool) -> Result<Self, ImportError> {
-        let _ = std::fs::remove_file(socket);
-        let mut file =
-            json!({"driver": "file", "node-name": "file0", "filename": image.to_string_lossy()});
-        if direct {
-            file["cache"] = json!({"direct": true});
-            file["aio"] = json!("native");
-        }
-        let qcow2 = json!({"driver": "qcow2", "node-name": "vol0", "file": "file0"});
-        let server = json!({"addr": {"type": "unix", "path": socket.to_string_lossy()}});
-        let export = json!({"type": "nbd", "id": "export0", "node-name": "vol0", "name": EXPORT, "writable": true});
-        // Options take effect in order: the monitor comes last, so its greeting means that the
-        // export is served.
-        let mut child = daemon_command()
-            .await
-            .arg("--blockdev")
-            .arg(file.to_string())
-            .arg("--blockdev")
-            .arg(qcow2.to_string())
-            .arg("--nbd-server")
-            .arg(server.to_string())
-            .arg("--export")
-            .arg(export.to_string())
-            .args(["--chardev", "stdio,id=qmp0", "--monitor", "chardev=qmp0"])
-            // Its buffer for each request comes from the heap, not a fresh mapping to fault in
-            // and zero every time (glibc maps allocations from 128 KiB up by default).
-            .env(
-                "GLIBC_TUNABLES",
-                "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=134217728",
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| daemon_error(format!("cannot run qemu-storage-daemon: {e}")))?;
-        let monitor = child.stdin.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
-        let errors = tokio::spawn(async move {
-            let mut text = String::new();
-            let _ = (&mut stderr).take(16 << 10).read_to_string(&mut text).await;
-            text
-        });
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-        let mut greeting = String::new();
-        let read = tokio::time::timeout(DAEMON_START, stdout.read_line(&mut greeting)).await;
-        if !matches!(read, Ok(Ok(n)) if n > 0) || !greeting.contains("QMP") {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            let text = errors.await.unwrap_or_default();
-            return Err(daemon_error(if text.trim().is_empty() {
-                format!("it did not start within {} s", DAEMON_START.as_secs())
-            } else {
-                text.trim().to_string()
-            }));
-        }
-        // Events and replies are not needed; keep the pipe from filling.
-        tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
-        });
-        Ok(Self {
-            child,
-            monitor,
-            errors,
-            socket: socket.to_path_buf(),
-        })
-    }
-
-    /// Stops the daemon cleanly (QMP `quit`: it closes the image properly) and removes the socket.
-    pub(crate) async fn quit(mut self) -> Result<(), ImportError> {
-        let _ = self
-            .monitor
-            .write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n")
-            .await;
-        let status = tokio::time::timeout(DAEMON_STOP, self.child.wait()).await;
-        let _ = std::fs::remove_file(&self.socket);
-        match status {
-            Ok(Ok(s)) if s.success() => Ok(()),
-            Ok(Ok(s)) => {
-                let text = (&mut self.errors).await.unwrap_or_default();
-                Err(daemon_error(format!("exited with {s}: {}", text.trim())))
-            }
-            _ => Err(daemon_error(format!(
-                "did not stop within {} s",
-                DAEMON_STOP.as_secs()
-            ))),
-        }
-    }
 }

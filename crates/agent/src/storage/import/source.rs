@@ -132,7 +132,6 @@ pub(crate) enum Input<'a> {
 /// The source stream: counted, hashed, reported.
 pub(crate) struct Source<'a> {
     input: Input<'a>,
-    buf: BytesMut,
     /// Read from the input and counted, not yet handed on.
     pending: Bytes,
     read: u64,
@@ -155,7 +154,6 @@ impl<'a> Source<'a> {
     ) -> Self {
         Self {
             input,
-            buf: BytesMut::new(),
             pending: Bytes::new(),
             read: 0,
             total,
@@ -180,38 +178,43 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// The next chunk from the input, counted and hashed.
-    async fn fetch(&mut self) -> Result<Option<Bytes>, ImportError> {
+    /// Reads the next bytes of the input into `out` (not empty), counts and hashes them; 0 at
+    /// the end.
+    async fn fill(&mut self, out: &mut [u8]) -> Result<usize, ImportError> {
         if self.ended {
-            return Ok(None);
+            return Ok(0);
         }
-        let chunk = match &mut self.input {
-            Input::Http(download) => download.next().await?,
-            Input::Stream(reader) => {
-                self.buf.reserve(READ_SIZE);
-                match reader.read_buf(&mut self.buf).await {
-                    Ok(0) => None,
-                    Ok(_) => Some(self.buf.split().freeze()),
-                    Err(e) => return Err(self.interrupted(format!("reading it failed: {e}"))),
-                }
-            }
+        let n = match &mut self.input {
+            Input::Http(download) => download.read(out).await?,
+            Input::Stream(reader) => match reader.read(out).await {
+                Ok(n) => n,
+                Err(e) => return Err(self.interrupted(format!("reading it failed: {e}"))),
+            },
         };
-        let Some(chunk) = chunk else {
+        if n == 0 {
             self.ended = true;
             if self.total.is_some_and(|t| self.read < t) {
                 return Err(self.interrupted("the stream ended early".into()));
             }
-            return Ok(None);
-        };
-        self.read += chunk.len() as u64;
+            return Ok(0);
+        }
+        self.read += n as u64;
         if self.total.is_some_and(|t| self.read > t) {
             return Err(self.interrupted("more bytes arrived than were announced".into()));
         }
         if let Some((ctx, _)) = &mut self.digest {
-            ctx.update(&chunk);
+            ctx.update(&out[..n]);
         }
         self.progress.source(self.read, self.total);
-        Ok(Some(chunk))
+        Ok(n)
+    }
+
+    /// The next chunk from the input, in a new buffer.
+    async fn fetch(&mut self) -> Result<Option<Bytes>, ImportError> {
+        let mut chunk = BytesMut::zeroed(READ_SIZE);
+        let n = self.fill(&mut chunk).await?;
+        chunk.truncate(n);
+        Ok((n > 0).then(|| chunk.freeze()))
     }
 
     /// The first `n` bytes (fewer if the source is shorter), kept for reading again.
@@ -240,13 +243,14 @@ impl<'a> Source<'a> {
         self.fetch().await
     }
 
-    /// Copies the next bytes into `out`; 0 at the end.
+    /// Reads the next bytes into `out`: what [`head`] kept first, then straight from the input;
+    /// 0 at the end.
     pub(crate) async fn read(&mut self, out: &mut [u8]) -> Result<usize, ImportError> {
+        if out.is_empty() {
+            return Ok(0);
+        }
         if self.pending.is_empty() {
-            match self.fetch().await? {
-                Some(chunk) => self.pending = chunk,
-                None => return Ok(0),
-            }
+            return self.fill(out).await;
         }
         let n = out.len().min(self.pending.len());
         out[..n].copy_from_slice(&self.pending[..n]);

@@ -1,17 +1,16 @@
 //! Writing the image stream into a file while it arrives: the raw data straight into the volume
-//! (through qemu-storage-daemon's NBD export for qcow2 volumes, into the file itself for raw
-//! ones), other formats into the file qemu-img will read. Blocks that are all zeroes are skipped,
+//! (as clusters of a qcow2 image written here, see [`qcow2`], or into a raw file), other formats
+//! into the file qemu-img will read. Blocks that are all zeroes are skipped,
 //! so every file stays sparse; the target is always a fresh file, which reads as zeroes there.
 //! Volume files are written with `O_DIRECT` where the file system allows (see [`Sink::file`]).
 
 use super::detect::{self, Format, HEAD_LEN};
-use super::qemu;
+use super::qcow2;
 use super::source::{ProgressState, Source};
 use super::{Files, ImportError, Target, VolumeFormat};
-use crate::storage::nbd::{NbdClient, NbdError};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
 use tokio::process::ChildStdout;
 use tokio::task::JoinHandle;
@@ -20,8 +19,6 @@ use tokio::task::JoinHandle;
 const CHUNK: usize = 2 << 20;
 /// Held back at the end of a raw stream until its end is known: a fixed VHD's footer.
 const TAIL: usize = 512;
-/// Zero detection granularity for qcow2 (its cluster size: smaller holes save nothing).
-const QCOW2_GRANULE: usize = 64 << 10;
 /// Zero detection granularity for plain files (the file system's block), and the alignment of
 /// `O_DIRECT` writes.
 const FILE_GRANULE: usize = 4 << 10;
@@ -131,18 +128,7 @@ pub(crate) async fn consume(
             progress.set_download_share(1.0);
             let mut sink = match target.format {
                 VolumeFormat::Raw => Sink::file(&files.partial, &files.dir, Some(capacity), true)?,
-                VolumeFormat::Qcow2 => {
-                    qemu::create(&files.partial, VolumeFormat::Qcow2, capacity, &files.dir).await?;
-                    let daemon = qemu::Daemon::serve(&files.partial, &files.socket).await?;
-                    let client = NbdClient::connect_unix(&files.socket, qemu::EXPORT)
-                        .await
-                        .map_err(ImportError::Nbd)?;
-                    Sink::Nbd {
-                        client,
-                        daemon: Box::new(daemon),
-                        dir: files.dir.clone(),
-                    }
-                }
+                VolumeFormat::Qcow2 => Sink::qcow2(&files.partial, &files.dir, capacity)?,
             };
             let copied = copy(reader, head, &mut sink, Some(capacity), true).await?;
             sink.finish(None).await?;
@@ -239,21 +225,15 @@ async fn copy(
     Ok(Copied { len, data_len })
 }
 
-/// Where the bytes go.
-enum Sink {
-    /// A file written by a blocking task, one chunk in flight while the next is read.
-    File {
-        file: Arc<Handles>,
-        path: PathBuf,
-        dir: PathBuf,
-        in_flight: Option<JoinHandle<(Chunk, std::io::Result<()>)>>,
-    },
-    /// A qcow2 volume exported by qemu-storage-daemon.
-    Nbd {
-        client: NbdClient,
-        daemon: Box<qemu::Daemon>,
-        dir: PathBuf,
-    },
+/// Where the bytes go: a file written by a blocking task, one chunk in flight while the next is
+/// read. For a qcow2 volume written as the raw disk streams in, `clusters` maps each chunk's
+/// data to the clusters appended to the file.
+struct Sink {
+    file: Arc<Handles>,
+    path: PathBuf,
+    dir: PathBuf,
+    in_flight: Option<JoinHandle<(Chunk, std::io::Result<()>)>>,
+    clusters: Option<Arc<Mutex<qcow2::Layout>>>,
 }
 
 fn write_error(path: &Path, dir: &Path, e: std::io::Error) -> ImportError {
@@ -268,17 +248,6 @@ fn write_error(path: &Path, dir: &Path, e: std::io::Error) -> ImportError {
             path: path.to_path_buf(),
             error: e,
         }
-    }
-}
-
-fn nbd_error(dir: &Path, e: NbdError) -> ImportError {
-    if e.is_no_space() {
-        ImportError::NoSpace {
-            dir: dir.to_path_buf(),
-            detail: e.to_string(),
-        }
-    } else {
-        ImportError::Nbd(e)
     }
 }
 
@@ -336,94 +305,96 @@ impl Sink {
                     .ok()
             })
             .flatten();
-        Ok(Sink::File {
+        Ok(Sink {
             file: Arc::new(Handles { buffered, direct }),
             path: path.to_path_buf(),
             dir: dir.to_path_buf(),
             in_flight: None,
+            clusters: None,
         })
     }
 
-    /// Waits for the file write in flight; returns its buffer.
+    /// A new qcow2 volume of `capacity` bytes at `path`, written with `O_DIRECT`.
+    fn qcow2(path: &Path, dir: &Path, capacity: u64) -> Result<Self, ImportError> {
+        let mut sink = Self::file(path, dir, None, true)?;
+        sink.clusters = Some(Arc::new(Mutex::new(qcow2::Layout::new(capacity))));
+        Ok(sink)
+    }
+
+    /// Waits for the write in flight; returns its buffer.
     async fn settle(&mut self) -> Result<Option<Chunk>, ImportError> {
-        let Sink::File {
-            in_flight,
-            path,
-            dir,
-            ..
-        } = self
-        else {
-            return Ok(None);
-        };
-        let Some(task) = in_flight.take() else {
+        let Some(task) = self.in_flight.take() else {
             return Ok(None);
         };
         let (buf, result) = task.await.map_err(|e| ImportError::Io {
             what: "writing",
-            path: path.clone(),
+            path: self.path.clone(),
             error: std::io::Error::other(e),
         })?;
-        result.map_err(|e| write_error(path, dir, e))?;
+        result.map_err(|e| write_error(&self.path, &self.dir, e))?;
         Ok(Some(buf))
     }
 
-    /// Writes the non-zero blocks of `buf[..len]` at `offset`; returns a buffer to reuse.
+    /// Writes the non-zero blocks of `buf[..len]` (guest offset `offset`, a multiple of
+    /// [`CHUNK`]); returns a buffer to reuse.
     async fn write(&mut self, offset: u64, buf: Chunk, len: usize) -> Result<Chunk, ImportError> {
         let spare = self.settle().await?;
-        match self {
-            Sink::File {
-                file, in_flight, ..
-            } => {
-                let file = file.clone();
-                *in_flight = Some(tokio::task::spawn_blocking(move || {
-                    let mut result = Ok(());
-                    for (start, end) in nonzero_runs(&buf[..len], FILE_GRANULE) {
-                        result = file.write_at(&buf[start..end], offset + start as u64);
-                        if result.is_err() {
-                            break;
+        let file = self.file.clone();
+        let clusters = self.clusters.clone();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let granule = if clusters.is_some() {
+                qcow2::CLUSTER as usize
+            } else {
+                FILE_GRANULE
+            };
+            for (start, end) in nonzero_runs(&buf[..len], granule) {
+                let at = offset + start as u64;
+                let at = match &clusters {
+                    None => at,
+                    Some(layout) => {
+                        let mut layout = layout.lock().unwrap_or_else(|p| p.into_inner());
+                        match layout.allocate(at, (end - start) as u64) {
+                            Ok(host) => host,
+                            Err(e) => return (buf, Err(std::io::Error::other(e))),
                         }
                     }
-                    (buf, result)
-                }));
-                Ok(spare.unwrap_or_else(Chunk::new))
-            }
-            Sink::Nbd { client, dir, .. } => {
-                for (start, end) in nonzero_runs(&buf[..len], QCOW2_GRANULE) {
-                    client
-                        .write(offset + start as u64, &buf[start..end])
-                        .await
-                        .map_err(|e| nbd_error(dir, e))?;
+                };
+                if let Err(e) = file.write_at(&buf[start..end], at) {
+                    return (buf, Err(e));
                 }
-                Ok(buf)
             }
-        }
+            (buf, Ok(()))
+        }));
+        Ok(spare.unwrap_or_else(Chunk::new))
     }
 
-    /// Completes every write and makes it durable; a file is cut to `len` bytes if given.
+    /// Completes every write and makes it durable: a qcow2 volume gets its tables and header,
+    /// a plain file is cut to `len` bytes if given.
     async fn finish(mut self, len: Option<u64>) -> Result<(), ImportError> {
         self.settle().await?;
-        match self {
-            Sink::File {
-                file, path, dir, ..
-            } => tokio::task::spawn_blocking(move || {
-                if let Some(len) = len {
-                    file.buffered.set_len(len)?;
+        let Sink {
+            file,
+            path,
+            dir,
+            clusters,
+            ..
+        } = self;
+        tokio::task::spawn_blocking(move || {
+            if let Some(layout) = clusters {
+                let layout = layout.lock().unwrap_or_else(|p| p.into_inner());
+                for (offset, bytes) in layout.finish() {
+                    file.buffered.write_all_at(&bytes, offset)?;
                 }
-                file.buffered.sync_all()
-            })
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-            .map_err(|e| write_error(&path, &dir, e)),
-            Sink::Nbd {
-                client,
-                daemon,
-                dir,
-            } => {
-                client.disconnect().await.map_err(|e| nbd_error(&dir, e))?;
-                daemon.quit().await
             }
-        }
+            if let Some(len) = len {
+                file.buffered.set_len(len)?;
+            }
+            file.buffered.sync_all()
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| write_error(&path, &dir, e))
     }
 }
 
