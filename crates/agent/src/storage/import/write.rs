@@ -8,6 +8,7 @@ use super::detect::{self, Format, HEAD_LEN};
 use super::qcow2;
 use super::source::{ProgressState, Source};
 use super::{Files, ImportError, Target, VolumeFormat};
+use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,9 @@ use tokio::task::JoinHandle;
 
 /// Bytes written per request (a multiple of every granularity below).
 const CHUNK: usize = 2 << 20;
+/// Chunks written at once while the next is read: the disk works on several at a time (a qcow2
+/// volume's clusters are allocated as each write runs, so they may land in any order).
+const WRITES_IN_FLIGHT: usize = 4;
 /// Held back at the end of a raw stream until its end is known: a fixed VHD's footer.
 const TAIL: usize = 512;
 /// Zero detection granularity for plain files (the file system's block), and the alignment of
@@ -232,7 +236,8 @@ struct Sink {
     file: Arc<Handles>,
     path: PathBuf,
     dir: PathBuf,
-    in_flight: Option<JoinHandle<(Chunk, std::io::Result<()>)>>,
+    /// Writes under way, oldest first; at most [`WRITES_IN_FLIGHT`].
+    in_flight: VecDeque<JoinHandle<(Chunk, std::io::Result<()>)>>,
     clusters: Option<Arc<Mutex<qcow2::Layout>>>,
 }
 
@@ -309,7 +314,7 @@ impl Sink {
             file: Arc::new(Handles { buffered, direct }),
             path: path.to_path_buf(),
             dir: dir.to_path_buf(),
-            in_flight: None,
+            in_flight: VecDeque::new(),
             clusters: None,
         })
     }
@@ -321,9 +326,9 @@ impl Sink {
         Ok(sink)
     }
 
-    /// Waits for the write in flight; returns its buffer.
+    /// Waits for the oldest write in flight; returns its buffer.
     async fn settle(&mut self) -> Result<Option<Chunk>, ImportError> {
-        let Some(task) = self.in_flight.take() else {
+        let Some(task) = self.in_flight.pop_front() else {
             return Ok(None);
         };
         let (buf, result) = task.await.map_err(|e| ImportError::Io {
@@ -338,40 +343,25 @@ impl Sink {
     /// Writes the non-zero blocks of `buf[..len]` (guest offset `offset`, a multiple of
     /// [`CHUNK`]); returns a buffer to reuse.
     async fn write(&mut self, offset: u64, buf: Chunk, len: usize) -> Result<Chunk, ImportError> {
-        let spare = self.settle().await?;
+        let spare = if self.in_flight.len() >= WRITES_IN_FLIGHT {
+            self.settle().await?
+        } else {
+            None
+        };
         let file = self.file.clone();
         let clusters = self.clusters.clone();
-        self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let granule = if clusters.is_some() {
-                qcow2::CLUSTER as usize
-            } else {
-                FILE_GRANULE
-            };
-            for (start, end) in nonzero_runs(&buf[..len], granule) {
-                let at = offset + start as u64;
-                let at = match &clusters {
-                    None => at,
-                    Some(layout) => {
-                        let mut layout = layout.lock().unwrap_or_else(|p| p.into_inner());
-                        match layout.allocate(at, (end - start) as u64) {
-                            Ok(host) => host,
-                            Err(e) => return (buf, Err(std::io::Error::other(e))),
-                        }
-                    }
-                };
-                if let Err(e) = file.write_at(&buf[start..end], at) {
-                    return (buf, Err(e));
-                }
-            }
-            (buf, Ok(()))
-        }));
+        self.in_flight
+            .push_back(tokio::task::spawn_blocking(move || {
+                let result = write_runs(&file, clusters.as_deref(), &buf[..len], offset);
+                (buf, result)
+            }));
         Ok(spare.unwrap_or_else(Chunk::new))
     }
 
     /// Completes every write and makes it durable: a qcow2 volume gets its tables and header,
     /// a plain file is cut to `len` bytes if given.
     async fn finish(mut self, len: Option<u64>) -> Result<(), ImportError> {
-        self.settle().await?;
+        while self.settle().await?.is_some() {}
         let Sink {
             file,
             path,
@@ -396,6 +386,32 @@ impl Sink {
         .and_then(|r| r)
         .map_err(|e| write_error(&path, &dir, e))
     }
+}
+
+/// Writes the runs of `data` (guest offset `offset`) that are not all zeroes: at the same offset
+/// in a plain file, into newly allocated clusters in a qcow2 volume.
+fn write_runs(
+    file: &Handles,
+    clusters: Option<&Mutex<qcow2::Layout>>,
+    data: &[u8],
+    offset: u64,
+) -> std::io::Result<()> {
+    let granule = match clusters {
+        Some(_) => qcow2::CLUSTER as usize,
+        None => FILE_GRANULE,
+    };
+    for (start, end) in nonzero_runs(data, granule) {
+        let at = match clusters {
+            None => offset + start as u64,
+            Some(layout) => layout
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .allocate(offset + start as u64, (end - start) as u64)
+                .map_err(std::io::Error::other)?,
+        };
+        file.write_at(&data[start..end], at)?;
+    }
+    Ok(())
 }
 
 /// True when every byte is zero.
