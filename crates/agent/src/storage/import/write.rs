@@ -1,7 +1,7 @@
 //! Writing the image stream into a file while it arrives: the raw data straight into the volume
 //! (as clusters of a qcow2 image written here, see [`qcow2`], or into a raw file), other formats
-//! into the file qemu-img will read. Blocks that are all zeroes are skipped,
-//! so every file stays sparse; the target is always a fresh file, which reads as zeroes there.
+//! into the file qemu-img will read. Blocks that are all zeroes are skipped, so every file stays
+//! sparse; the target is always a fresh file, which reads as zeroes there.
 //! Volume files are written with `O_DIRECT` where the file system allows (see [`Sink::file`]).
 
 use super::detect::{self, Format, HEAD_LEN};
