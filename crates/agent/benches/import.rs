@@ -244,7 +244,8 @@ fn main() {
         .build()
         .unwrap();
     let out = pool.join("disk");
-    let volume = match selected("VMO_IMPORT_BENCH_VOLUME", &["qcow2", "raw"])[0] {
+    let volume_name = selected("VMO_IMPORT_BENCH_VOLUME", &["qcow2", "raw"])[0];
+    let volume = match volume_name {
         "raw" => VolumeFormat::Raw,
         _ => VolumeFormat::Qcow2,
     };
@@ -313,7 +314,7 @@ fn main() {
 
     println!(
         "import of a {mib} MiB disk (about half data) into a {} volume, median of {runs} runs",
-        selected("VMO_IMPORT_BENCH_VOLUME", &["qcow2", "raw"])[0]
+        volume_name
     );
     println!(
         "{:<52} {:>7} {:>6} {:>6} {:>8} {:>8}",

@@ -93,12 +93,7 @@ impl<'a> Download<'a> {
                 return Err(status_error(&url, status));
             }
             let headers = &response.headers;
-            // A Content-Length next to a Transfer-Encoding does not count (RFC 9112 6.3).
-            download.total = headers
-                .get(header::CONTENT_LENGTH)
-                .filter(|_| !headers.contains_key(header::TRANSFER_ENCODING))
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
+            download.total = response.body.length();
             download.resumable = headers
                 .get(header::ACCEPT_RANGES)
                 .and_then(|v| v.to_str().ok())

@@ -194,7 +194,6 @@ fn framing(status: StatusCode, headers: &HeaderMap) -> io::Result<Framing> {
         }
     }
     Ok(match length {
-        Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
         None => Framing::UntilClose,
     })
@@ -216,6 +215,15 @@ fn chunk_size(line: &[u8]) -> io::Result<u64> {
 }
 
 impl Body {
+    /// The body's length as its Content-Length gave it, before any of it was read; `None` when
+    /// only its framing or the server's closing tells the end.
+    pub(super) fn length(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+
     /// Reads the next body bytes into `out`; 0 at the body's end. A connection that closes
     /// before the framing says the body ends is an `UnexpectedEof` error.
     pub(super) async fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
@@ -225,6 +233,10 @@ impl Body {
         loop {
             match self.framing {
                 Framing::Done => return Ok(0),
+                Framing::Length(0) => {
+                    self.framing = Framing::Done;
+                    return Ok(0);
+                }
                 Framing::Length(left) => {
                     let n = self.read_data(out, left).await?;
                     self.framing = if n as u64 == left {
@@ -393,6 +405,9 @@ mod tests {
             Content-Length: 2\r\nContent-Length: 2\r\n\r\nok";
         let (response, _) = respond(informational.to_vec(), 5).await.unwrap();
         assert_eq!(response.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(response.body.length(), Some(2));
+        let (chunked, _) = respond(CHUNKED.to_vec(), 1000).await.unwrap();
+        assert_eq!(chunked.body.length(), None);
         assert_eq!(body_of(informational, 5, 10).await.unwrap(), b"ok");
         let empty = b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n";
         assert_eq!(body_of(empty, 100, 10).await.unwrap(), b"");
