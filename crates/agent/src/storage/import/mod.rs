@@ -148,7 +148,7 @@ impl std::fmt::Debug for Progress {
 /// How the volume was filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// Raw data written into the volume while it arrived (over NBD for qcow2 volumes).
+    /// Raw data written into the volume while it arrived (as a qcow2 image for qcow2 volumes).
     Streamed,
     /// A qcow2 image stored as the volume itself, after `qemu-img check`.
     AsIs,
