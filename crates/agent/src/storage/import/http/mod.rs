@@ -7,17 +7,19 @@
 //! HTTP/1.1 only, one request per connection, over tokio and rustls (ring); the protocol itself
 //! is in [`wire`], and why it is not hyper's client is said there.
 
+mod conn;
 mod url;
 mod wire;
 
 use super::{HttpSource, ImportError};
+use conn::Conn;
 use http::header::{self, HeaderName, HeaderValue};
 use http::StatusCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use url::Url;
-use wire::{Body, Io, Response};
+use wire::{Body, Response};
 
 /// Consecutive attempts to resume a dropped download before giving up; an attempt that brings
 /// new bytes starts the count again.
@@ -118,7 +120,7 @@ impl<'a> Download<'a> {
     }
 
     /// A TCP connection to `url`, with TLS for https.
-    async fn connect(&mut self, url: &Url) -> Result<Box<dyn Io>, ImportError> {
+    async fn connect(&mut self, url: &Url) -> Result<Conn, ImportError> {
         let unreachable = |e: std::io::Error| ImportError::Unreachable {
             url: url.text(),
             why: e.to_string(),
@@ -135,10 +137,10 @@ impl<'a> Download<'a> {
             ))
         })?
         .map_err(unreachable)?;
-        let _ = tcp.set_nodelay(true);
         let (Some(tls), true) = (&self.tls, url.https) else {
-            return Ok(Box::new(tcp));
+            return Ok(Conn::tcp(tcp));
         };
+        let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|e| {
             ImportError::InvalidUrl {
                 url: url.text(),
@@ -164,7 +166,7 @@ impl<'a> Download<'a> {
                 ))
             })?
             .map_err(tls_error)?;
-        Ok(Box::new(stream))
+        Ok(Conn::Stream(Box::new(stream)))
     }
 
     /// The request head for `url`, from byte `from` on if given.

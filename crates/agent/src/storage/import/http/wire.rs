@@ -8,13 +8,10 @@
 //! about as much as the socket itself (docs/benchmarks.md, "Image import throughput"). Reading
 //! the socket into the import's own, reused buffer leaves one copy: the kernel's.
 
+use super::conn::Conn;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::io;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-/// A byte stream to a server: plain TCP or TLS.
-pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The largest response head accepted (status line and headers).
 const MAX_HEAD: usize = 64 << 10;
@@ -67,7 +64,7 @@ enum Chunked {
 
 /// A response body as it arrives.
 pub(super) struct Body {
-    stream: Box<dyn Io>,
+    stream: Conn,
     /// Bytes read from the stream and not yet used: `buf[at..]`.
     buf: Vec<u8>,
     at: usize,
@@ -76,7 +73,7 @@ pub(super) struct Body {
 
 /// Sends `request` (a complete request head) and reads the response head. Informational (1xx)
 /// responses are skipped.
-pub(super) async fn exchange(mut stream: Box<dyn Io>, request: &[u8]) -> io::Result<Response> {
+pub(super) async fn exchange(mut stream: Conn, request: &[u8]) -> io::Result<Response> {
     stream.write_all(request).await?;
     stream.flush().await?;
     let mut buf = Vec::with_capacity(READ_AHEAD);
@@ -283,7 +280,7 @@ impl Body {
     async fn read_raw(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let buffered = &self.buf[self.at..];
         if buffered.is_empty() {
-            return self.stream.read(out).await;
+            return self.stream.read_bulk(out).await;
         }
         let n = out.len().min(buffered.len());
         out[..n].copy_from_slice(&buffered[..n]);
@@ -362,7 +359,11 @@ mod tests {
             }
             request
         });
-        let response = exchange(Box::new(client), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let response = exchange(
+            Conn::Stream(Box::new(client)),
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await;
         let request = serving.await.unwrap();
         response.map(|r| (r, request))
     }
