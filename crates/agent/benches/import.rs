@@ -193,6 +193,26 @@ fn median(mut v: Vec<Sample>) -> Sample {
     }
 }
 
+/// The median over rounds of a case's speed and CPU against the baseline run in the same round:
+/// the load of this shared machine drifts within seconds, so each import is compared with the
+/// conversion that ran next to it, not with the conversions' median.
+fn paired(samples: &[Sample], reference: &[Sample]) -> (f64, f64) {
+    let middle = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let pairs = samples.iter().zip(reference);
+    (
+        middle(
+            pairs
+                .clone()
+                .map(|(s, r)| r.wall.as_secs_f64() / s.wall.as_secs_f64())
+                .collect(),
+        ),
+        middle(pairs.map(|(s, r)| s.cpu / r.cpu).collect()),
+    )
+}
+
 fn measure(f: impl FnOnce()) -> Sample {
     let (start, cpu) = (Instant::now(), cpu_seconds());
     f();
@@ -265,7 +285,8 @@ fn main() {
         cmd.args(["-f", format, "-O", "qcow2"]).arg(input).arg(&out);
         measure(|| run(&mut cmd))
     };
-    // Over HTTP, or as an upload stream read straight from the file.
+    // Over HTTP, or as an upload stream read straight from the file; in a task of the runtime's,
+    // as the agent runs an import.
     let import = |name: &str, expect: Method, http: bool| {
         settle();
         let target = Target {
@@ -273,42 +294,45 @@ fn main() {
             format: volume,
             capacity: mib * MIB,
         };
+        let (url, file) = (format!("{base}/{name}"), src.join(name));
         measure(|| {
             let got = rt
-                .block_on(async {
+                .block_on(rt.spawn(async move {
                     if http {
                         let src = HttpSource {
-                            url: format!("{base}/{name}"),
+                            url,
                             ..Default::default()
                         };
                         import::import_http(&src, &target, Progress::none()).await
                     } else {
-                        let file = tokio::fs::File::open(src.join(name)).await.unwrap();
+                        let file = tokio::fs::File::open(file).await.unwrap();
                         let len = file.metadata().await.unwrap().len();
                         import::import_stream(file, Some(len), &target, None, Progress::none())
                             .await
                     }
-                })
+                }))
+                .unwrap()
                 .unwrap_or_else(|e| panic!("importing {name}: {e}"));
             assert_eq!(got.method, expect, "{name}");
         })
     };
-    // The transport alone: the same GET on a plain socket, read into one reused 2 MiB buffer as
-    // the import reads (head and body alike, nothing parsed), and dropped.
+    // The transport alone: the same GET on a plain blocking socket, read into one reused 2 MiB
+    // buffer as the import reads a plain-HTTP body (whole reads, `MSG_WAITALL`; head and body
+    // alike, nothing parsed), and dropped.
     let transfer = |name: &str| {
         settle();
         measure(|| {
-            rt.block_on(async {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
-                    .await
-                    .unwrap();
-                let request =
-                    format!("GET /{name} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
-                tcp.write_all(request.as_bytes()).await.unwrap();
-                let mut buf = vec![0u8; 2 << 20];
-                while tcp.read(&mut buf).await.unwrap() > 0 {}
-            })
+            use std::io::Write;
+            let mut tcp = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+            let request =
+                format!("GET /{name} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+            tcp.write_all(request.as_bytes()).unwrap();
+            let mut buf = vec![0u8; 2 << 20];
+            while rustix::net::recv(&tcp, &mut buf[..], rustix::net::RecvFlags::WAITALL)
+                .unwrap()
+                .0
+                > 0
+            {}
         })
     };
 
@@ -376,7 +400,7 @@ fn main() {
                 .arg(&raw)
                 .arg(&out));
         }
-        let reference = (!flushed.is_empty()).then(|| median(flushed.clone()));
+        let reference = flushed.clone();
         for (case, samples, relative) in [
             (
                 format!("qemu-img convert -f {format} -O qcow2 (default)"),
@@ -407,6 +431,8 @@ fn main() {
             if samples.is_empty() {
                 continue;
             }
+            let ratios = (relative && reference.len() == samples.len())
+                .then(|| paired(&samples, &reference));
             let s = median(samples);
             let mut line = format!(
                 "{case:<52} {:>7.2} {:>6.0} {:>6.2}",
@@ -414,12 +440,8 @@ fn main() {
                 rate(s),
                 s.cpu
             );
-            if let Some(reference) = reference.filter(|_| relative) {
-                line.push_str(&format!(
-                    " {:>7.2}x {:>7.2}x",
-                    rate(s) / rate(reference),
-                    s.cpu / reference.cpu
-                ));
+            if let Some((speed, cpu)) = ratios {
+                line.push_str(&format!(" {speed:>7.2}x {cpu:>7.2}x"));
             }
             println!("{line}");
         }
