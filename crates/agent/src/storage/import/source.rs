@@ -243,7 +243,7 @@ impl<'a> Source<'a> {
         self.fetch().await
     }
 
-    /// Reads the next bytes into `out`: what [`head`] kept first, then straight from the input;
+    /// Reads the next bytes into `out`: what [`Self::head`] kept first, then straight from the input;
     /// 0 at the end.
     pub(crate) async fn read(&mut self, out: &mut [u8]) -> Result<usize, ImportError> {
         if out.is_empty() {

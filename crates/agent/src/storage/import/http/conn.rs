@@ -2,8 +2,8 @@
 //!
 //! Why: a body read through the reactor returns whatever the socket holds, a few segments, and
 //! then waits for the next readiness event, so a fast sender wakes the importer for every few
-//! dozen KiB. On loopback with a `sendfile` server that doubled the time and CPU of receiving a
-//! 2 GiB raw disk (docs/benchmarks.md, "Image import throughput"). A large read on plain TCP
+//! dozen KiB. On loopback with a `sendfile` server that cost about 1.4 times the time and twice
+//! the CPU of receiving a 2 GiB raw disk whole (docs/benchmarks.md, "Image import throughput"). A large read on plain TCP
 //! therefore waits for readiness like any other (cancellable, under the download's idle
 //! timeout), then lets the kernel fill the caller's buffer in one `recv(MSG_WAITALL)` on a
 //! worker that tokio was told blocks ([`tokio::task::block_in_place`]), for at most
@@ -186,8 +186,9 @@ mod tests {
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let mut conn = connected(move |mut s| {
             s.write_all(b"first bytes").unwrap();
-            // Holds the connection open, silent, until the test is done.
-            let _ = hold.recv();
+            // Holds the connection open, silent, until the test is done (or long past the
+            // wait below, so a read that blocks its worker ends and the test fails, not hangs).
+            let _ = hold.recv_timeout(Duration::from_secs(10));
         })
         .await;
         let mut buf = vec![0u8; 2 * BULK_MIN];

@@ -5,7 +5,8 @@
 //! backoff.
 //!
 //! HTTP/1.1 only, one request per connection, over tokio and rustls (ring); the protocol itself
-//! is in [`wire`], and why it is not hyper's client is said there.
+//! is in [`wire`], and why it is not hyper's client is said there; how the socket is read, in
+//! [`conn`].
 
 mod conn;
 mod url;
@@ -47,7 +48,7 @@ pub(crate) struct Download<'a> {
 }
 
 impl<'a> Download<'a> {
-    /// Sends the request and checks the response status; the body is read by [`read`].
+    /// Sends the request and checks the response status; the body is read by [`Self::read`].
     pub(crate) async fn open(src: &'a HttpSource) -> Result<Self, ImportError> {
         let origin = Url::parse(&src.url)?;
         for (name, value) in &src.extra_headers {
