@@ -39,7 +39,6 @@ pub(super) enum Conn {
 impl Conn {
     /// A plain TCP connection; its reads may be taken whole.
     pub(super) fn tcp(tcp: TcpStream) -> Self {
-        let _ = tcp.set_nodelay(true);
         // Only blocking reads time out: the whole reads below.
         let _ = socket2::SockRef::from(&tcp).set_read_timeout(Some(BULK_WAIT));
         Conn::Tcp(tcp)

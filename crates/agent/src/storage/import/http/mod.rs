@@ -138,10 +138,10 @@ impl<'a> Download<'a> {
             ))
         })?
         .map_err(unreachable)?;
+        let _ = tcp.set_nodelay(true);
         let (Some(tls), true) = (&self.tls, url.https) else {
             return Ok(Conn::tcp(tcp));
         };
-        let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|e| {
             ImportError::InvalidUrl {
                 url: url.text(),
