@@ -193,6 +193,8 @@ async fn copy_out(
     qemu_img(&[
         "convert",
         "-U",
+        "-t",
+        super::files::output_cache(partial),
         "-l",
         snapshot,
         "-O",

@@ -7,6 +7,7 @@
 use super::detect::Format;
 use super::source::ProgressState;
 use super::{ImportError, VolumeFormat};
+use crate::storage::files::output_cache;
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::path::Path;
@@ -200,6 +201,9 @@ pub(crate) async fn check(spec: &str, format: &str) -> Result<Checked, ImportErr
 }
 
 /// `qemu-img convert` of the image `spec` into a new `out` file, reporting its progress.
+///
+/// The output is written with `O_DIRECT` where the file system allows, as the streaming path
+/// writes volumes (see [`output_cache`]).
 pub(crate) async fn convert(
     spec: &str,
     format: &str,
@@ -208,10 +212,13 @@ pub(crate) async fn convert(
     dir: &Path,
     progress: &ProgressState,
 ) -> Result<(), ImportError> {
+    let cache = output_cache(out);
     let mut child = Command::new("qemu-img")
         .args(args([
             &"convert",
             &"-p",
+            &"-t",
+            &cache,
             &"-O",
             &out_format.as_str(),
             &spec,
