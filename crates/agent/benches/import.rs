@@ -3,22 +3,25 @@
 //! Each is served by a local HTTP server (this binary again, as a separate process, sending the
 //! file with sendfile, as a remote web server would stand apart) and imported into a qcow2
 //! volume; it is also imported as an upload stream read straight from the file (the pipeline
-//! without the network). The baseline is `qemu-img convert -O qcow2` of the file on disk into a
-//! new file, which does the same format work without the network, run as by default (output not
-//! flushed: its default cache mode is `unsafe`) and with `-t writeback` (flushed at the end, as
-//! an import's volume is). For reference, the same GET read from a plain socket into one reused
-//! buffer, with nothing done with the bytes, shows what the transport alone costs. Every run starts with no dirty pages (`sync`) and reads
-//! its source from the page cache.
+//! without the network). The baselines are `qemu-img convert` of the file on disk into a new file
+//! of the volume's format, which does the same format work without the network, in each of its
+//! output cache modes: by default (`unsafe`: the output is not flushed), `-t writeback` (page
+//! cache, flushed at the end, as an import's volume is), `-t none` (`O_DIRECT`, as an import
+//! writes) and `-t none -W` (out-of-order writes too: qemu-img's fastest here). For reference,
+//! the same GET read from a plain socket into one reused buffer, with nothing done with the
+//! bytes, shows what the transport alone costs. Every run starts with no dirty pages (`sync`) and
+//! reads its source from the page cache.
 //!
 //! Prints per case the median of the runs: wall seconds, MiB/s of the disk's virtual size, CPU
 //! seconds (this process and the children it waited for, such as qemu-img; not the HTTP
-//! server), and the import's throughput and CPU relative to the flushed baseline.
+//! server), and each import's throughput relative to each flushed baseline and its CPU relative
+//! to `-t none`, paired by round (see [`paired`]).
 //!
 //! Run: `cargo bench -p vmo-agent --bench import`. VMO_IMPORT_BENCH_MIB (disk size in MiB,
 //! default 2048) and VMO_IMPORT_BENCH_RUNS (runs per case, default 5) change it;
 //! VMO_IMPORT_BENCH_FORMATS (`raw,qcow2`) and VMO_IMPORT_BENCH_CASES (`convert,http,stream,transfer`)
 //! run a part, for profiling one case; VMO_IMPORT_BENCH_VOLUME=raw imports into a raw volume
-//! (the baseline still converts to qcow2).
+//! (and the baselines convert into raw).
 
 use std::io::BufRead;
 use std::os::unix::fs::FileExt;
@@ -275,14 +278,13 @@ fn main() {
         let _ = std::fs::remove_file(&out);
         run(&mut Command::new("sync"));
     };
-    let baseline = |input: &Path, format: &str, flushed: bool| {
+    let baseline = |input: &Path, format: &str, cache: &[&str]| {
         settle();
         let mut cmd = Command::new("qemu-img");
-        cmd.arg("convert");
-        if flushed {
-            cmd.args(["-t", "writeback"]);
-        }
-        cmd.args(["-f", format, "-O", "qcow2"]).arg(input).arg(&out);
+        cmd.arg("convert").args(cache);
+        cmd.args(["-f", format, "-O", volume.as_str()])
+            .arg(input)
+            .arg(&out);
         measure(|| run(&mut cmd))
     };
     // Over HTTP, or as an upload stream read straight from the file; in a task of the runtime's,
@@ -341,8 +343,8 @@ fn main() {
         volume_name
     );
     println!(
-        "{:<52} {:>7} {:>6} {:>6} {:>8} {:>8}",
-        "case", "seconds", "MiB/s", "CPU s", "speed", "CPU"
+        "{:<58} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>8}",
+        "case", "seconds", "MiB/s", "CPU s", "speed/wb", "speed/dio", "speed/-W", "CPU/dio"
     );
     let rate = |s: Sample| mib as f64 / s.wall.as_secs_f64();
     let formats = selected("VMO_IMPORT_BENCH_FORMATS", &["raw", "qcow2"]);
@@ -351,6 +353,14 @@ fn main() {
         &["convert", "http", "stream", "transfer"],
     );
     let chosen = |case: &str| cases.contains(&case);
+    // qemu-img's output cache modes: the default, then the flushed ones the imports are set
+    // against (the last three columns, in this order).
+    let modes: [&[&str]; 4] = [
+        &[],
+        &["-t", "writeback"],
+        &["-t", "none"],
+        &["-t", "none", "-W"],
+    ];
     for (name, format, input, method) in [
         ("disk.raw", "raw", &raw, Method::Streamed),
         (
@@ -367,7 +377,7 @@ fn main() {
         if !formats.contains(&format) {
             continue;
         }
-        let (mut plain, mut flushed) = (Vec::new(), Vec::new());
+        let mut baselines: Vec<Vec<Sample>> = vec![Vec::new(); modes.len()];
         let (mut http, mut stream, mut transfers) = (Vec::new(), Vec::new(), Vec::new());
         let mut imports = || {
             if chosen("http") {
@@ -386,8 +396,9 @@ fn main() {
                 imports();
             }
             if chosen("convert") {
-                plain.push(baseline(input, format, false));
-                flushed.push(baseline(input, format, true));
+                for (samples, cache) in baselines.iter_mut().zip(modes) {
+                    samples.push(baseline(input, format, cache));
+                }
             }
             if r % 2 == 0 {
                 imports();
@@ -400,18 +411,22 @@ fn main() {
                 .arg(&raw)
                 .arg(&out));
         }
-        let reference = flushed.clone();
-        for (case, samples, relative) in [
-            (
-                format!("qemu-img convert -f {format} -O qcow2 (default)"),
-                plain,
-                false,
-            ),
-            (
-                format!("qemu-img convert -t writeback -f {format} -O qcow2"),
-                flushed,
-                false,
-            ),
+        let references = baselines[1..].to_vec();
+        let convert = |cache: &[&str]| {
+            let mode = if cache.is_empty() {
+                " (default: unsafe, not flushed)".to_string()
+            } else {
+                String::new()
+            };
+            let cache = cache.iter().map(|a| format!(" {a}")).collect::<String>();
+            format!("qemu-img convert{cache} -f {format} -O {volume_name}{mode}")
+        };
+        let mut rows: Vec<(String, Vec<Sample>, bool)> = modes
+            .iter()
+            .zip(baselines)
+            .map(|(cache, samples)| (convert(cache), samples, false))
+            .collect();
+        rows.extend([
             (
                 format!("import over HTTP: {format} ({method:?})"),
                 http,
@@ -427,21 +442,25 @@ fn main() {
                 transfers,
                 true,
             ),
-        ] {
+        ]);
+        for (case, samples, relative) in rows {
             if samples.is_empty() {
                 continue;
             }
-            let ratios = (relative && reference.len() == samples.len())
-                .then(|| paired(&samples, &reference));
-            let s = median(samples);
+            let m = median(samples.clone());
             let mut line = format!(
-                "{case:<52} {:>7.2} {:>6.0} {:>6.2}",
-                s.wall.as_secs_f64(),
-                rate(s),
-                s.cpu
+                "{case:<58} {:>7.2} {:>6.0} {:>6.2}",
+                m.wall.as_secs_f64(),
+                rate(m),
+                m.cpu
             );
-            if let Some((speed, cpu)) = ratios {
-                line.push_str(&format!(" {speed:>7.2}x {cpu:>7.2}x"));
+            if relative {
+                for reference in references.iter().filter(|r| r.len() == samples.len()) {
+                    line.push_str(&format!(" {:>8.2}x", paired(&samples, reference).0));
+                }
+                if references[1].len() == samples.len() {
+                    line.push_str(&format!(" {:>7.2}x", paired(&samples, &references[1]).1));
+                }
             }
             println!("{line}");
         }
