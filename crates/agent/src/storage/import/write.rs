@@ -2,7 +2,9 @@
 //! (as clusters of a qcow2 image written here, see [`qcow2`], or into a raw file), other formats
 //! into the file qemu-img will read. Blocks that are all zeroes are skipped, so every file stays
 //! sparse; the target is always a fresh file, which reads as zeroes there.
-//! Volume files are written with `O_DIRECT` where the file system allows (see [`Sink::file`]).
+//! Volume files are written with `O_DIRECT` where the file system allows and made durable (see
+//! [`Sink::volume`]); a scratch file goes through the page cache, where qemu-img reads it back
+//! from, and is never synced (see [`Sink::scratch`]).
 
 use super::detect::{self, Format, HEAD_LEN};
 use super::qcow2;
@@ -18,9 +20,11 @@ use tokio::task::JoinHandle;
 
 /// Bytes written per request (a multiple of every granularity below).
 const CHUNK: usize = 2 << 20;
-/// Chunks written at once while the next is read: the disk works on several at a time (a qcow2
-/// volume's clusters are allocated as each write runs, so they may land in any order).
-const WRITES_IN_FLIGHT: usize = 4;
+/// `O_DIRECT` chunk writes at once while the next is read: the disk works on several at a time
+/// (a qcow2 volume's clusters are allocated as each write runs, so they may land in any order).
+/// Page-cache writes run one at a time: they only copy, and the file's lock serializes them
+/// anyway (several spun on it).
+const DIRECT_WRITES_IN_FLIGHT: usize = 4;
 /// Held back at the end of a raw stream until its end is known: a fixed VHD's footer.
 const TAIL: usize = 512;
 /// Zero detection granularity for plain files (the file system's block), and the alignment of
@@ -131,7 +135,7 @@ pub(crate) async fn consume(
             }
             progress.set_download_share(1.0);
             let mut sink = match target.format {
-                VolumeFormat::Raw => Sink::file(&files.partial, &files.dir, Some(capacity), true)?,
+                VolumeFormat::Raw => Sink::volume(&files.partial, &files.dir, Some(capacity))?,
                 VolumeFormat::Qcow2 => Sink::qcow2(&files.partial, &files.dir, capacity)?,
             };
             let copied = copy(reader, head, &mut sink, Some(capacity), true).await?;
@@ -143,15 +147,14 @@ pub(crate) async fn consume(
         }
         Format::Qcow2 if target.format == VolumeFormat::Qcow2 => {
             progress.set_download_share(0.95);
-            let mut sink = Sink::file(&files.partial, &files.dir, None, true)?;
+            let mut sink = Sink::volume(&files.partial, &files.dir, None)?;
             let copied = copy(reader, head, &mut sink, None, false).await?;
             sink.finish(Some(copied.len)).await?;
             Ok(Written::File { format })
         }
         _ => {
             progress.set_download_share(0.9);
-            // Buffered: qemu-img reads the scratch file right after.
-            let mut sink = Sink::file(&files.scratch, &files.dir, None, false)?;
+            let mut sink = Sink::scratch(&files.scratch, &files.dir)?;
             let copied = copy(reader, head, &mut sink, None, false).await?;
             sink.finish(Some(copied.len)).await?;
             Ok(Written::File { format })
@@ -229,16 +232,18 @@ async fn copy(
     Ok(Copied { len, data_len })
 }
 
-/// Where the bytes go: a file written by a blocking task, one chunk in flight while the next is
+/// Where the bytes go: a file written by blocking tasks, chunks in flight while the next is
 /// read. For a qcow2 volume written as the raw disk streams in, `clusters` maps each chunk's
 /// data to the clusters appended to the file.
 struct Sink {
     file: Arc<Handles>,
     path: PathBuf,
     dir: PathBuf,
-    /// Writes under way, oldest first; at most [`WRITES_IN_FLIGHT`].
+    /// Writes under way, oldest first; at most [`Sink::writes_in_flight`].
     in_flight: VecDeque<JoinHandle<(Chunk, std::io::Result<()>)>>,
     clusters: Option<Arc<Mutex<qcow2::Layout>>>,
+    /// Synced by [`Sink::finish`]: a volume is; a scratch file, gone after the conversion, is not.
+    durable: bool,
 }
 
 fn write_error(path: &Path, dir: &Path, e: std::io::Error) -> ImportError {
@@ -282,10 +287,22 @@ impl Handles {
 }
 
 impl Sink {
-    /// A new file at `path`, `len` bytes long if given. With `direct`, its writes bypass the
-    /// page cache where the file system allows: a volume is not read back by the host, and
-    /// page-cache writes cost several times the CPU of direct ones on the machines measured.
-    fn file(path: &Path, dir: &Path, len: Option<u64>, direct: bool) -> Result<Self, ImportError> {
+    /// A new volume file at `path`, `len` bytes long if given. Its writes bypass the page cache
+    /// where the file system allows: a volume is not read back by the host, and page-cache
+    /// writes cost several times the CPU of direct ones on the machines measured.
+    fn volume(path: &Path, dir: &Path, len: Option<u64>) -> Result<Self, ImportError> {
+        Self::file(path, dir, len, true)
+    }
+
+    /// A new scratch file at `path` for qemu-img to convert: written through the page cache,
+    /// where qemu-img reads it from right after, and not synced, since it is removed once
+    /// converted and an import never resumes from it (a 1 GiB scratch file's fsync took longer
+    /// than its download on the machines measured).
+    fn scratch(path: &Path, dir: &Path) -> Result<Self, ImportError> {
+        Self::file(path, dir, None, false)
+    }
+
+    fn file(path: &Path, dir: &Path, len: Option<u64>, durable: bool) -> Result<Self, ImportError> {
         let buffered = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -300,7 +317,7 @@ impl Sink {
                 .set_len(len)
                 .map_err(|e| write_error(path, dir, e))?;
         }
-        let direct = direct
+        let direct = durable
             .then(|| {
                 use std::os::unix::fs::OpenOptionsExt;
                 std::fs::OpenOptions::new()
@@ -316,12 +333,13 @@ impl Sink {
             dir: dir.to_path_buf(),
             in_flight: VecDeque::new(),
             clusters: None,
+            durable,
         })
     }
 
     /// A new qcow2 volume of `capacity` bytes at `path`, written with `O_DIRECT`.
     fn qcow2(path: &Path, dir: &Path, capacity: u64) -> Result<Self, ImportError> {
-        let mut sink = Self::file(path, dir, None, true)?;
+        let mut sink = Self::volume(path, dir, None)?;
         sink.clusters = Some(Arc::new(Mutex::new(qcow2::Layout::new(capacity))));
         Ok(sink)
     }
@@ -343,7 +361,7 @@ impl Sink {
     /// Writes the non-zero blocks of `buf[..len]` (guest offset `offset`, a multiple of
     /// [`CHUNK`]); returns a buffer to reuse.
     async fn write(&mut self, offset: u64, buf: Chunk, len: usize) -> Result<Chunk, ImportError> {
-        let spare = if self.in_flight.len() >= WRITES_IN_FLIGHT {
+        let spare = if self.in_flight.len() >= self.writes_in_flight() {
             self.settle().await?
         } else {
             None
@@ -358,8 +376,17 @@ impl Sink {
         Ok(spare.unwrap_or_else(Chunk::new))
     }
 
-    /// Completes every write and makes it durable: a qcow2 volume gets its tables and header,
-    /// a plain file is cut to `len` bytes if given.
+    /// How many writes may be under way at once.
+    fn writes_in_flight(&self) -> usize {
+        if self.file.direct.is_some() {
+            DIRECT_WRITES_IN_FLIGHT
+        } else {
+            1
+        }
+    }
+
+    /// Completes every write: a qcow2 volume gets its tables and header, a plain file is cut to
+    /// `len` bytes if given, and a volume is made durable.
     async fn finish(mut self, len: Option<u64>) -> Result<(), ImportError> {
         while self.settle().await?.is_some() {}
         let Sink {
@@ -367,6 +394,7 @@ impl Sink {
             path,
             dir,
             clusters,
+            durable,
             ..
         } = self;
         tokio::task::spawn_blocking(move || {
@@ -379,7 +407,10 @@ impl Sink {
             if let Some(len) = len {
                 file.buffered.set_len(len)?;
             }
-            file.buffered.sync_all()
+            if durable {
+                file.buffered.sync_all()?;
+            }
+            Ok(())
         })
         .await
         .map_err(std::io::Error::other)
