@@ -1,7 +1,8 @@
 //! Linked clones of a 10 GiB volume holding 1 GiB of data: the copy-on-write clone vmo's agent
 //! makes (a read-only base and two overlays), side by side with the full copy a copy-based clone
-//! costs (`qemu-img convert` of the same volume), and end to end through the API under a real
-//! `vmo up`: a DataVolume with a `pvc` source created, to the DataVolume reporting Succeeded.
+//! costs (`files::full_copy` of the same volume: `qemu-img convert`, flushed), and end to end
+//! through the API under a real `vmo up`: a DataVolume with a `pvc` source created, to the
+//! DataVolume reporting Succeeded.
 //!
 //! Run: `cargo bench -p vmo-vmo --bench clone` (VMO_BENCH_RUNS, default 10; VMO_BENCH_GIB, the
 //! volume size, default 10).
@@ -90,13 +91,9 @@ async fn main() {
     for i in 0..runs.min(3) {
         let target = pool.join(format!("copy-{i}.qcow2"));
         let start = Instant::now();
-        let out = Command::new("qemu-img")
-            .args(["convert", "-O", "qcow2"])
-            .arg(&source)
-            .arg(&target)
-            .output()
-            .expect("qemu-img");
-        assert!(out.status.success());
+        files::full_copy(&source, &target, "qcow2", gib << 30)
+            .await
+            .expect("full copy");
         copies.push(start.elapsed());
         let _ = std::fs::remove_file(&target);
     }
@@ -162,9 +159,6 @@ async fn main() {
         linked,
     );
     report("vmo linked clone, unchanged source (shared base)", shared);
-    report(
-        "full copy (qemu-img convert), what a copy-clone costs",
-        copies,
-    );
+    report("vmo full copy (files::full_copy), a copy-clone", copies);
     report("vmo end to end: DataVolume created -> Succeeded", api);
 }
