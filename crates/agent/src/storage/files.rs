@@ -57,8 +57,8 @@ async fn qemu_img(args: &[&str], what: &str, pool: &Path) -> Result<String, File
 
 /// qemu-img's cache mode for writing a new file at `out` (`-t`): `none` (`O_DIRECT`) where the
 /// file system allows it, else `writeback`. Both flush when qemu-img exits. Its default,
-/// `unsafe` (page cache, no flush), left the flush to the caller's fsync and was 2-3x slower
-/// for a 2 GiB conversion on the machines measured, `writeback` had page-cache writeback
+/// `unsafe` (page cache, no flush), left the flush to the caller's fsync and was 2-3.5x slower
+/// for 2 GiB conversions on the machines measured, `writeback` had page-cache writeback
 /// stalls, `none` was the fastest (docs/benchmarks.md, "Image import throughput"). Probed with a
 /// file beside `out` that is removed at once (tmpfs before Linux 6.6 and some FUSE file systems
 /// refuse `O_DIRECT`).
