@@ -216,49 +216,17 @@ impl Reporter {
             .await
     }
 
-    /// Renews (or creates) the heartbeat Lease, owned by the Node so it goes when the Node goes.
+    /// Renews (or creates) the heartbeat Lease.
     async fn renew_lease(&self, node: &Object) -> Result<(), ClientError> {
-        let name = &self.config.node_name;
-        let spec = json!({
-            "holderIdentity": name,
-            "leaseDurationSeconds": self.config.lease_duration.as_secs().max(1),
-            "renewTime": now_rfc3339_micros(),
-        });
-        let patch = serde_json::to_vec(&json!({"spec": spec})).unwrap_or_default();
-        match self
-            .client
-            .patch(
-                &self.lease_kind,
-                NODE_LEASE_NAMESPACE,
-                name,
-                "application/merge-patch+json",
-                patch,
-                "fieldManager=vmo-agent",
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => {
-                let lease = json!({
-                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {
-                        "name": name, "namespace": NODE_LEASE_NAMESPACE,
-                        "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": node.metadata.uid}],
-                    },
-                    "spec": spec,
-                });
-                match self
-                    .client
-                    .create(&self.lease_kind, NODE_LEASE_NAMESPACE, &lease)
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.is_conflict() => Ok(()),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        }
+        renew_node_lease(
+            &self.client,
+            &self.lease_kind,
+            &self.config.node_name,
+            &node.metadata.uid,
+            self.config.lease_duration,
+            "vmo-agent",
+        )
+        .await
     }
 
     /// Registers, then heartbeats forever; every failure is logged and retried.
@@ -294,5 +262,55 @@ impl Reporter {
             }
             tokio::time::sleep(self.config.heartbeat_interval).await;
         }
+    }
+}
+
+/// Renews node `name`'s heartbeat Lease, or creates it owned by the Node (uid `node_uid`) so it
+/// goes when the Node goes. The agent and the simulated agents heartbeat alike.
+pub(crate) async fn renew_node_lease(
+    client: &Client,
+    lease_kind: &KindInfo,
+    name: &str,
+    node_uid: &str,
+    duration: Duration,
+    manager: &str,
+) -> Result<(), ClientError> {
+    let spec = json!({
+        "holderIdentity": name,
+        "leaseDurationSeconds": duration.as_secs().max(1),
+        "renewTime": now_rfc3339_micros(),
+    });
+    let patch = json!({"spec": spec});
+    match client
+        .merge_patch(
+            lease_kind,
+            NODE_LEASE_NAMESPACE,
+            name,
+            None,
+            &patch,
+            manager,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => {
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {
+                    "name": name, "namespace": NODE_LEASE_NAMESPACE,
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid}],
+                },
+                "spec": spec,
+            });
+            match client
+                .create(lease_kind, NODE_LEASE_NAMESPACE, &lease)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_conflict() => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
     }
 }

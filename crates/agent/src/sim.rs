@@ -22,10 +22,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
-use vmo_api::kinds::coordination::NODE_LEASE_NAMESPACE;
 use vmo_api::kinds::core::{node_condition, MACHINE_POOL_LABEL, ZONE_LABEL};
 use vmo_api::kinds::migration::MigrationState;
-use vmo_api::meta::{now_rfc3339, now_rfc3339_micros};
+use vmo_api::meta::now_rfc3339;
 use vmo_api::{KindInfo, Object, Registry};
 use vmo_client::informer::{self, Cache};
 use vmo_client::{Client, ClientError};
@@ -354,47 +353,15 @@ impl Sim {
 
     /// Renews node `i`'s Lease, creating it (owned by the Node) when missing.
     async fn renew_lease(&self, i: usize, node_uid: &str) -> Result<(), ClientError> {
-        let name = &self.names[i];
-        let spec = json!({
-            "holderIdentity": name,
-            "leaseDurationSeconds": self.config.lease_duration.as_secs().max(1),
-            "renewTime": now_rfc3339_micros(),
-        });
-        let patch = json!({"spec": spec});
-        match self
-            .client
-            .merge_patch(
-                &self.lease_kind,
-                NODE_LEASE_NAMESPACE,
-                name,
-                None,
-                &patch,
-                "vmo-sim-agent",
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => {
-                let lease = json!({
-                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {
-                        "name": name, "namespace": NODE_LEASE_NAMESPACE,
-                        "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid}],
-                    },
-                    "spec": spec,
-                });
-                match self
-                    .client
-                    .create(&self.lease_kind, NODE_LEASE_NAMESPACE, &lease)
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.is_conflict() => Ok(()),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        }
+        crate::node::renew_node_lease(
+            &self.client,
+            &self.lease_kind,
+            &self.names[i],
+            node_uid,
+            self.config.lease_duration,
+            "vmo-sim-agent",
+        )
+        .await
     }
 
     /// One heartbeat of node `i`: registered again if its Node is gone, status rewritten if it
