@@ -334,19 +334,10 @@ impl Unschedulable {
 
 #[cfg(test)]
 mod tests {
-    use super::super::snapshot::tests::{node, vmi};
+    use super::super::snapshot::tests::{node, request, vmi};
     use super::*;
     use serde_json::{json, Value};
     use vmo_api::Object;
-
-    fn request(spec_extra: Value, labels: Value) -> PlacementRequest {
-        let mut v = vmi("new", labels, 1024, "");
-        let spec = v.body.get_mut("spec").unwrap().as_object_mut().unwrap();
-        for (k, val) in spec_extra.as_object().unwrap() {
-            spec.insert(k.clone(), val.clone());
-        }
-        PlacementRequest::for_vmi(&v).unwrap()
-    }
 
     fn with(mut n: Object, spec: Value, labels: Value) -> Object {
         n.body.insert("spec".into(), spec);

@@ -176,19 +176,10 @@ pub(super) fn best(snapshot: &Snapshot, p: &Prepared, feasible: &[u32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::super::request::PlacementRequest;
-    use super::super::snapshot::tests::{node, vmi};
+    use super::super::snapshot::tests::{node, request, vmi};
     use super::*;
     use serde_json::{json, Value};
     use vmo_api::Object;
-
-    fn request(spec_extra: Value, labels: Value) -> PlacementRequest {
-        let mut v = vmi("new", labels, 1024, "");
-        let spec = v.body.get_mut("spec").unwrap().as_object_mut().unwrap();
-        for (k, val) in spec_extra.as_object().unwrap() {
-            spec.insert(k.clone(), val.clone());
-        }
-        PlacementRequest::for_vmi(&v).unwrap()
-    }
 
     fn place(nodes: &[Object], vmis: &[Object], req: &PlacementRequest) -> String {
         Snapshot::from_objects(nodes, vmis).place(req).unwrap()

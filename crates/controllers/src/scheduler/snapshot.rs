@@ -633,6 +633,16 @@ pub(super) mod tests {
         o
     }
 
+    /// The placement request of a new 1 GiB instance with these labels and more spec fields.
+    pub fn request(spec_extra: Value, labels: Value) -> super::super::request::PlacementRequest {
+        let mut v = vmi("new", labels, 1024, "");
+        let spec = v.body.get_mut("spec").unwrap().as_object_mut().unwrap();
+        for (k, val) in spec_extra.as_object().unwrap() {
+            spec.insert(k.clone(), val.clone());
+        }
+        super::super::request::PlacementRequest::for_vmi(&v).unwrap()
+    }
+
     /// An instance in `namespace` on `node` with these labels and required anti-affinity terms.
     fn placed_in(namespace: &str, name: &str, labels: Value, node: &str, anti: Value) -> Object {
         let mut o = vmi(name, labels, 256, node);
