@@ -479,6 +479,27 @@ pub fn test_guest() -> Option<PathBuf> {
     Some(PathBuf::from(dir))
 }
 
+/// Collects a child's output stream on a thread, so a test can wait for text in it.
+pub fn collect_output(
+    stream: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut stream = stream;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stream, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    seen
+}
+
 /// Reads a VM's serial console (a unix socket QEMU serves) until `marker`; returns what was read.
 pub async fn console_until(socket: &Path, marker: &str, deadline: Duration) -> String {
     use tokio::io::AsyncReadExt;

@@ -1,6 +1,6 @@
-//! Small readers the end-to-end tests share: kinds by name, objects in the `default` namespace,
-//! a condition's message, a VM's printable status, a claim's volume file, an image's qemu-img
-//! facts, a file's SHA-256, a command that must succeed.
+//! Small readers the end-to-end tests share: kinds by name, objects (and instances) in the
+//! `default` namespace, a condition's message, a VM's printable status, a claim's volume file,
+//! an image's qemu-img facts, a file's SHA-256, a command that must succeed.
 
 use crate::wait_for;
 use serde_json::Value;
@@ -23,6 +23,11 @@ pub async fn get(client: &Client, resource: &str, name: &str) -> Option<Object> 
     let k = kind(resource);
     let ns = if k.namespaced { "default" } else { "" };
     client.get(&k, ns, name).await.ok()
+}
+
+/// The VirtualMachineInstance `name` in `default`, if it exists.
+pub async fn vmi(client: &Client, name: &str) -> Option<Object> {
+    get(client, "vmi", name).await
 }
 
 /// The message of the object's `Ready` condition (empty when none).

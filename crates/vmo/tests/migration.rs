@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vmo_api::kinds::migration::MigrationState;
 use vmo_api::{Object, Registry};
-use vmo_client::Client;
+use vmo_testkit::objects::vmi;
 use vmo_testkit::{
     console_log_until, process_alive as alive, test_guest, wait_for, Cluster, KeptDir,
 };
@@ -87,13 +87,6 @@ async fn apply_and_run(cluster: &Cluster, manifest: &str, name: &str) -> Object 
             .filter(|i| i.status()["phase"] == "Running")
     })
     .await
-}
-
-async fn vmi(client: &Client, name: &str) -> Option<Object> {
-    client
-        .get(Registry::builtin().resolve("vmi").unwrap(), "default", name)
-        .await
-        .ok()
 }
 
 fn node_of(vmi: &Object) -> String {

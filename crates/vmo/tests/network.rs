@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vmo_api::kinds::network::Cidr;
 use vmo_api::{Object, Registry};
 use vmo_client::Client;
+use vmo_testkit::objects::vmi;
 use vmo_testkit::{console_log_until, test_guest, wait_for, Cluster, KeptDir};
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -87,13 +88,6 @@ spec:
 /// User-data giving eth0 a static address (no DHCP on a VLAN).
 fn static_address(address: &str) -> String {
     format!("killall udhcpc\nip -4 addr flush dev eth0\nip addr add {address} dev eth0\nip link set eth0 up\n")
-}
-
-async fn vmi(client: &Client, name: &str) -> Option<Object> {
-    client
-        .get(Registry::builtin().resolve("vmi").unwrap(), "default", name)
-        .await
-        .ok()
 }
 
 async fn running(client: &Client, name: &str) -> Object {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use vmo_agent::sim::{SimAgents, SimConfig};
 use vmo_api::{KindInfo, Object, Registry};
 use vmo_client::Client;
+use vmo_testkit::objects::vmi;
 use vmo_testkit::{wait_for, KeptDir, VmoProcess};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -47,10 +48,6 @@ async fn create_vm(client: &Client, name: &str, labels: Value, extra: Value) {
         vm["spec"]["template"]["spec"][k] = v.clone();
     }
     client.create(&kind("vm"), "default", &vm).await.unwrap();
-}
-
-async fn vmi(client: &Client, name: &str) -> Option<Object> {
-    client.get(&kind("vmi"), "default", name).await.ok()
 }
 
 /// Waits until the VM's instance runs; returns its node.

@@ -11,12 +11,13 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmo_api::Object;
 use vmo_client::Client;
 use vmo_testkit::objects::{get, kind, printable, ready_message, serial_log};
-use vmo_testkit::{console_log_until, process_alive, test_guest, wait_for, KeptDir, VmoProcess};
+use vmo_testkit::{
+    collect_output, console_log_until, process_alive, test_guest, wait_for, KeptDir, VmoProcess,
+};
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -127,29 +128,11 @@ async fn internal_snapshots(client: &Client, claim: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let seen = Arc::new(Mutex::new(String::new()));
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        let mut stream = stream;
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = std::io::Read::read(&mut stream, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    seen
-}
-
 /// Types `command` on the VM's console and waits for `answer`.
 async fn console_run(up: &VmoProcess, vm: &str, command: &str, answer: &str) {
     let mut child = up.spawn_cli(&["console", vm]);
-    let out = collect(child.stdout.take().unwrap());
-    let err = collect(child.stderr.take().unwrap());
+    let out = collect_output(child.stdout.take().unwrap());
+    let err = collect_output(child.stderr.take().unwrap());
     wait_for("the console to attach", WAIT, || async {
         err.lock()
             .unwrap()

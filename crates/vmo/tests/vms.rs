@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vmo_api::{Object, Registry};
 use vmo_client::Client;
+use vmo_testkit::objects::vmi;
 use vmo_testkit::{
-    console_log_until, process_alive as alive, test_guest, wait_for, KeptDir, VmoProcess,
+    collect_output, console_log_until, process_alive as alive, test_guest, wait_for, KeptDir,
+    VmoProcess,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -60,13 +62,6 @@ spec:
 async fn vm(client: &Client, name: &str) -> Option<Object> {
     client
         .get(Registry::builtin().resolve("vm").unwrap(), "default", name)
-        .await
-        .ok()
-}
-
-async fn vmi(client: &Client, name: &str) -> Option<Object> {
-    client
-        .get(Registry::builtin().resolve("vmi").unwrap(), "default", name)
         .await
         .ok()
 }
@@ -299,27 +294,6 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     .await;
 }
 
-/// Collects a child's output stream on a thread, so a test can wait for text in it.
-fn collect(
-    stream: impl std::io::Read + Send + 'static,
-) -> std::sync::Arc<std::sync::Mutex<String>> {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        let mut stream = stream;
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = std::io::Read::read(&mut stream, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    seen
-}
-
 async fn wait_text(what: &str, seen: &std::sync::Arc<std::sync::Mutex<String>>, text: &str) {
     wait_for(what, WAIT, || async {
         seen.lock().unwrap().contains(text).then_some(())
@@ -408,8 +382,8 @@ async fn consoles_vnc_metrics_and_a_guest_reboot() {
 
     // `vmo console`: keys reach the guest's shell and its answer comes back.
     let mut first = up.spawn_cli(&["console", "con"]);
-    let first_out = collect(first.stdout.take().unwrap());
-    let first_err = collect(first.stderr.take().unwrap());
+    let first_out = collect_output(first.stdout.take().unwrap());
+    let first_err = collect_output(first.stderr.take().unwrap());
     wait_text("console attached", &first_err, "Successfully connected").await;
     let mut keys = first.stdin.take().unwrap();
     keys.write_all(b"echo VMO-CONSOLE-$((6*7))\n").unwrap();
@@ -417,8 +391,8 @@ async fn consoles_vnc_metrics_and_a_guest_reboot() {
 
     // A second session takes over; the first is told and ends.
     let mut second = up.spawn_cli(&["console", "con"]);
-    let second_out = collect(second.stdout.take().unwrap());
-    let second_err = collect(second.stderr.take().unwrap());
+    let second_out = collect_output(second.stdout.take().unwrap());
+    let second_err = collect_output(second.stderr.take().unwrap());
     wait_text(
         "second console attached",
         &second_err,
@@ -495,7 +469,7 @@ async fn consoles_vnc_metrics_and_a_guest_reboot() {
 
     // `vmo vnc`: a local port that speaks RFB, QEMU's VNC server behind it.
     let mut vnc = up.spawn_cli(&["vnc", "con"]);
-    let vnc_out = collect(vnc.stdout.take().unwrap());
+    let vnc_out = collect_output(vnc.stdout.take().unwrap());
     wait_text("vnc listening", &vnc_out, "listening on").await;
     let line = vnc_out.lock().unwrap().clone();
     let addr = line
