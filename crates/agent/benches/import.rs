@@ -411,7 +411,9 @@ fn main() {
                 .arg(&raw)
                 .arg(&out));
         }
+        // The flushed modes the imports are set against; CPU against `-t none`, as imports write.
         let references = baselines[1..].to_vec();
+        let direct = &references[1];
         let convert = |cache: &[&str]| {
             let mode = if cache.is_empty() {
                 " (default: unsafe, not flushed)".to_string()
@@ -458,8 +460,8 @@ fn main() {
                 for reference in references.iter().filter(|r| r.len() == samples.len()) {
                     line.push_str(&format!(" {:>8.2}x", paired(&samples, reference).0));
                 }
-                if references[1].len() == samples.len() {
-                    line.push_str(&format!(" {:>7.2}x", paired(&samples, &references[1]).1));
+                if direct.len() == samples.len() {
+                    line.push_str(&format!(" {:>7.2}x", paired(&samples, direct).1));
                 }
             }
             println!("{line}");

@@ -302,7 +302,9 @@ impl Sink {
         Self::file(path, dir, None, false)
     }
 
-    fn file(path: &Path, dir: &Path, len: Option<u64>, durable: bool) -> Result<Self, ImportError> {
+    /// A new file: a `volume` (direct writes where possible, synced by [`Sink::finish`]) or a
+    /// scratch file (page-cache writes, not synced).
+    fn file(path: &Path, dir: &Path, len: Option<u64>, volume: bool) -> Result<Self, ImportError> {
         let buffered = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -317,7 +319,7 @@ impl Sink {
                 .set_len(len)
                 .map_err(|e| write_error(path, dir, e))?;
         }
-        let direct = durable
+        let direct = volume
             .then(|| {
                 use std::os::unix::fs::OpenOptionsExt;
                 std::fs::OpenOptions::new()
@@ -333,7 +335,7 @@ impl Sink {
             dir: dir.to_path_buf(),
             in_flight: VecDeque::new(),
             clusters: None,
-            durable,
+            durable: volume,
         })
     }
 
